@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Builds the guest image: an uncompressed PVH kernel (vmlinux) from Debian's
+# cloud kernel package, and an initramfs holding our agent as /init, runc and
+# the kernel modules the agent loads, with their dependencies computed by
+# depmod. The same inputs give a byte-identical initramfs.
+#
+# Usage: build-guest.sh OUT_DIR AGENT_BINARY [RUNC_BINARY]
+# Environment: GUEST_KERNEL_PACKAGE (default linux-image-cloud-amd64; a
+# metapackage is resolved to the kernel it depends on today),
+# GUEST_MODULES (the modules the guest needs; their dependencies are added).
+set -euo pipefail
+
+out=${1:?usage: build-guest.sh OUT_DIR AGENT_BINARY [RUNC_BINARY]}
+agent=${2:?usage: build-guest.sh OUT_DIR AGENT_BINARY [RUNC_BINARY]}
+runc=${3:-}
+package=${GUEST_KERNEL_PACKAGE:-linux-image-cloud-amd64}
+modules=${GUEST_MODULES:-virtio_pci virtio_blk virtio_net virtio_console vsock vmw_vsock_virtio_transport overlay erofs virtio_mem}
+
+die() { echo "build-guest: $*" >&2; exit 1; }
+for tool in apt-cache apt-get dpkg-deb depmod lz4 cpio; do
+	command -v "$tool" >/dev/null || die "$tool is missing: run 'make deps'"
+done
+[ -x "$agent" ] || die "agent binary $agent is missing: run 'make'"
+
+work="$out/work"
+mkdir -p "$work"
+
+# A metapackage depends on exactly one versioned kernel image.
+real=$(apt-cache depends "$package" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+real=${real:-$package}
+deb=$(ls "$work"/"${real}"_*.deb 2>/dev/null | head -n1 || true)
+if [ -z "$deb" ]; then
+	(cd "$work" && apt-get download "$real" >/dev/null 2>&1) || die "cannot download $real (run 'apt-get update'?)"
+	deb=$(ls "$work"/"${real}"_*.deb | head -n1)
+fi
+kroot="$work/kernel-$real"
+if [ ! -d "$kroot/lib/modules" ]; then
+	rm -rf "$kroot.tmp"
+	dpkg-deb -x "$deb" "$kroot.tmp"
+	mv "$kroot.tmp" "$kroot"
+fi
+version=$(ls "$kroot/lib/modules" | head -n1)
+[ -n "$version" ] || die "no modules directory in $deb"
+
+# The cloud kernel's bzImage is LZ4 (legacy frame): find the payload and
+# unpack the ELF vmlinux, which QEMU boots directly through its PVH note.
+vmlinux="$out/vmlinux"
+if [ ! -s "$vmlinux" ] || [ "$vmlinux" -ot "$deb" ]; then
+	bz="$kroot/boot/vmlinuz-$version"
+	offset=$(grep -aobUP '\x02\x21\x4c\x18' "$bz" | head -n1 | cut -d: -f1)
+	[ -n "$offset" ] || die "no LZ4 payload in $bz"
+	tail -c +"$((offset + 1))" "$bz" | lz4 -dc > "$vmlinux.tmp" 2>/dev/null || true
+	head -c 4 "$vmlinux.tmp" | grep -q ELF || die "unpacking $bz did not give an ELF kernel"
+	mv "$vmlinux.tmp" "$vmlinux"
+fi
+
+# Dependencies of the wanted modules, from depmod over the whole package.
+[ -s "$kroot/lib/modules/$version/modules.dep" ] || depmod -b "$kroot" "$version"
+rd="$work/initramfs"
+rm -rf "$rd"
+mkdir -p "$rd/lib/modules/$version" "$rd/usr/bin" "$rd/dev" "$rd/proc" "$rd/sys" "$rd/run" "$rd/tmp" "$rd/etc"
+want=""
+for m in $modules; do
+	path=$(awk -v m="$m" -F: '{n=$1; sub(/.*\//, "", n); sub(/\.ko.*/, "", n); gsub(/-/, "_", n); if (n == m) {print $0; exit}}' "$kroot/lib/modules/$version/modules.dep")
+	if [ -z "$path" ]; then
+		# Built into the kernel is fine; absent is not.
+		grep -q "/$m.ko" "$kroot/lib/modules/$version/modules.builtin" || die "module $m is neither a module nor built into $version"
+		continue
+	fi
+	want="$want ${path%%:*} ${path#*:}"
+done
+for f in $(echo $want | tr ' ' '\n' | sort -u); do
+	mkdir -p "$rd/lib/modules/$version/$(dirname "$f")"
+	cp "$kroot/lib/modules/$version/$f" "$rd/lib/modules/$version/$f"
+done
+cp "$kroot/lib/modules/$version/modules.builtin" "$kroot/lib/modules/$version/modules.builtin.modinfo" "$kroot/lib/modules/$version/modules.order" "$rd/lib/modules/$version/"
+depmod -b "$rd" "$version"
+# Keep only what the agent reads: the binary indexes differ between runs.
+find "$rd/lib/modules/$version" -maxdepth 1 -type f ! -name modules.dep -delete
+
+cp "$agent" "$rd/init"
+[ -z "$runc" ] || cp "$runc" "$rd/usr/bin/runc"
+printf 'root:x:0:0:root:/:/bin/sh\n' > "$rd/etc/passwd"
+printf 'root:x:0:\n' > "$rd/etc/group"
+
+find "$rd" -exec touch -h -d @0 {} +
+(cd "$rd" && find . -mindepth 1 -print0 | LC_ALL=C sort -z | cpio --null --create --format=newc --reproducible --owner=0:0 --quiet) > "$out/initramfs.cpio.tmp"
+mv "$out/initramfs.cpio.tmp" "$out/initramfs.cpio"
+printf '%s\n' "$real" > "$out/kernel-package"
+printf '%s\n' "$version" > "$out/kernel-version"
+echo "guest image: $out/vmlinux ($version) and $out/initramfs.cpio ($(du -k "$out/initramfs.cpio" | cut -f1) KiB)"

@@ -1,0 +1,197 @@
+package cmdline
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Accel is a QEMU accelerator.
+type Accel string
+
+const (
+	KVM Accel = "kvm"
+	TCG Accel = "tcg"
+)
+
+// Disk is a block device present at boot.
+type Disk struct {
+	// ID names the QEMU objects; Serial is what the guest finds it by.
+	ID, Serial string
+	Path       string
+	// Format is "raw" (the default) or "qcow2".
+	Format   string
+	ReadOnly bool
+}
+
+// NIC is a network card present at boot, backed by an open tap device that
+// QEMU inherits as file descriptor FD.
+type NIC struct {
+	ID  string
+	FD  int
+	MAC string
+}
+
+// Machine describes one VM's QEMU command line.
+type Machine struct {
+	Accel    Accel
+	Firmware string
+	// CPUs at boot, and the most hot-plug may reach.
+	CPUs, MaxCPUs int
+	// Memory at boot and the most hot-plug may reach, with the number of
+	// DIMM slots for it.
+	MemoryMiB, MaxMemoryMiB, MemorySlots int
+	// VirtioMemMiB, when set, adds a virtio-mem device of that size
+	// (requested size 0) for fine-grained memory hot-plug.
+	VirtioMemMiB int
+
+	Kernel, Initrd, KernelCmdline string
+
+	ConsoleLog string
+	QMPSocket  string
+	PidFile    string
+
+	// The agent's transport: a virtio-serial port on AgentSocket (a Unix
+	// socket QEMU listens on), or vhost-vsock with VsockCID.
+	AgentSocket, AgentPortName string
+	VsockCID                   uint32
+
+	Disks []Disk
+	NICs  []NIC
+	// HotplugPorts PCIe root ports are left free for hot-plugged devices,
+	// named HotplugPortName(i).
+	HotplugPorts int
+	Sandbox      bool
+}
+
+// HotplugPortName names the i-th PCIe root port kept for hot-plug.
+func HotplugPortName(i int) string { return "hp" + strconv.Itoa(i) }
+
+// Validate reports the first thing wrong with m.
+func (m *Machine) Validate() error {
+	switch {
+	case m.Accel != KVM && m.Accel != TCG:
+		return fmt.Errorf("accelerator %q: want %q or %q", m.Accel, KVM, TCG)
+	case m.CPUs < 1:
+		return fmt.Errorf("vCPUs %d: want at least 1", m.CPUs)
+	case m.MaxCPUs < m.CPUs:
+		return fmt.Errorf("max vCPUs %d is below the %d at boot", m.MaxCPUs, m.CPUs)
+	case m.MaxCPUs > 255:
+		return fmt.Errorf("max vCPUs %d: at most 255", m.MaxCPUs)
+	case m.MemoryMiB < 64:
+		return fmt.Errorf("memory %d MiB: want at least 64", m.MemoryMiB)
+	case m.MaxMemoryMiB != 0 && m.MaxMemoryMiB < m.MemoryMiB+m.VirtioMemMiB:
+		return fmt.Errorf("max memory %d MiB is below the %d MiB at boot (with %d MiB virtio-mem)", m.MaxMemoryMiB, m.MemoryMiB, m.VirtioMemMiB)
+	case m.MaxMemoryMiB > m.MemoryMiB && m.MemorySlots < 1:
+		return errors.New("memory hot-plug needs at least one slot")
+	case m.Kernel == "":
+		return errors.New("no kernel")
+	case m.QMPSocket == "":
+		return errors.New("no QMP socket")
+	case (m.AgentSocket == "") == (m.VsockCID == 0):
+		return errors.New("exactly one agent transport (a serial socket or a vsock CID) is needed")
+	case m.VsockCID != 0 && m.VsockCID < 3:
+		return fmt.Errorf("vsock CID %d is reserved", m.VsockCID)
+	}
+	for _, d := range m.Disks {
+		if d.ID == "" || d.Path == "" {
+			return fmt.Errorf("disk %+v: needs an ID and a path", d)
+		}
+		if len(d.Serial) > 20 {
+			return fmt.Errorf("disk %s: serial %q is longer than the 20 characters QEMU keeps", d.ID, d.Serial)
+		}
+		if d.Format != "" && d.Format != "raw" && d.Format != "qcow2" {
+			return fmt.Errorf("disk %s: format %q: want raw or qcow2", d.ID, d.Format)
+		}
+	}
+	return nil
+}
+
+// Args returns QEMU's arguments (without the binary).
+func (m *Machine) Args() ([]string, error) {
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	a := []string{
+		"-name", "qemu-shim",
+		"-machine", "q35,accel=" + string(m.Accel),
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+	}
+	if m.Accel == KVM {
+		a = append(a, "-cpu", "host")
+	}
+	if m.Firmware != "" {
+		a = append(a, "-bios", m.Firmware)
+	}
+	a = append(a, "-smp", fmt.Sprintf("%d,maxcpus=%d,sockets=1,cores=%d,threads=1", m.CPUs, m.MaxCPUs, m.MaxCPUs))
+	mem := fmt.Sprintf("%dM", m.MemoryMiB)
+	if m.MaxMemoryMiB > m.MemoryMiB {
+		mem += fmt.Sprintf(",slots=%d,maxmem=%dM", m.MemorySlots, m.MaxMemoryMiB)
+	}
+	a = append(a, "-m", mem)
+	if m.VirtioMemMiB > 0 {
+		a = append(a,
+			"-object", fmt.Sprintf("memory-backend-ram,id=vmem0,size=%dM", m.VirtioMemMiB),
+			"-device", "virtio-mem-pci,id=vmemdev0,memdev=vmem0,requested-size=0")
+	}
+	a = append(a, "-kernel", m.Kernel)
+	if m.Initrd != "" {
+		a = append(a, "-initrd", m.Initrd)
+	}
+	if m.KernelCmdline != "" {
+		a = append(a, "-append", m.KernelCmdline)
+	}
+	if m.ConsoleLog != "" {
+		a = append(a, "-chardev", "file,id=console,path="+escape(m.ConsoleLog), "-serial", "chardev:console")
+	} else {
+		a = append(a, "-serial", "none")
+	}
+	a = append(a, "-qmp", "unix:"+escape(m.QMPSocket)+",server=on,wait=off")
+	if m.PidFile != "" {
+		a = append(a, "-pidfile", m.PidFile)
+	}
+	if m.AgentSocket != "" {
+		name := m.AgentPortName
+		if name == "" {
+			name = "agent"
+		}
+		a = append(a,
+			"-device", "virtio-serial-pci,id=vser0,max_ports=2",
+			"-chardev", "socket,id=agent,path="+escape(m.AgentSocket)+",server=on,wait=off",
+			"-device", "virtserialport,chardev=agent,name="+name)
+	} else {
+		a = append(a, "-device", fmt.Sprintf("vhost-vsock-pci,id=vsock0,guest-cid=%d", m.VsockCID))
+	}
+	for _, d := range m.Disks {
+		format := d.Format
+		if format == "" {
+			format = "raw"
+		}
+		ro := "off"
+		if d.ReadOnly {
+			ro = "on"
+		}
+		a = append(a,
+			"-blockdev", fmt.Sprintf("driver=file,node-name=file-%s,filename=%s,read-only=%s,cache.direct=off", d.ID, escape(d.Path), ro),
+			"-blockdev", fmt.Sprintf("driver=%s,node-name=drv-%s,file=file-%s,read-only=%s", format, d.ID, d.ID, ro),
+			"-device", fmt.Sprintf("virtio-blk-pci,id=%s,drive=drv-%s,serial=%s", d.ID, d.ID, d.Serial))
+	}
+	for _, n := range m.NICs {
+		dev := fmt.Sprintf("virtio-net-pci,id=%s,netdev=net-%s", n.ID, n.ID)
+		if n.MAC != "" {
+			dev += ",mac=" + n.MAC
+		}
+		a = append(a, "-netdev", fmt.Sprintf("tap,id=net-%s,fd=%d", n.ID, n.FD), "-device", dev)
+	}
+	for i := 0; i < m.HotplugPorts; i++ {
+		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d,slot=%d", HotplugPortName(i), i+1, i+1))
+	}
+	if m.Sandbox {
+		a = append(a, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
+	}
+	return a, nil
+}
+
+// escape doubles commas, QEMU's escape inside an option value.
+func escape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
