@@ -1,0 +1,285 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/qemu-shim/qemu-shim/test/guestimage"
+	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
+	"github.com/qemu-shim/qemu-shim/vm"
+)
+
+// bootVM starts a VM and registers its shutdown.
+func bootVM(t *testing.T, edit func(*vm.Config)) *vm.Instance {
+	t.Helper()
+	img := guestimage.Require(t)
+	cfg := vm.Config{
+		ID:          strings.NewReplacer("/", "-", "_", "-").Replace(strings.ToLower(t.Name())),
+		StateRoot:   t.TempDir(),
+		Kernel:      img.Kernel,
+		Initrd:      img.Initrd,
+		CPUs:        1,
+		MaxCPUs:     4,
+		MemoryMiB:   256,
+		BootTimeout: 90 * time.Second,
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	inst, err := vm.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := inst.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := inst.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	return inst
+}
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// assertGone checks that nothing of the VM is left on the host.
+func assertGone(t *testing.T, inst *vm.Instance, pid int) {
+	t.Helper()
+	select {
+	case <-inst.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("VM resources not released 30s after QEMU ended")
+	}
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("QEMU pid %d still exists (kill 0: %v)", pid, err)
+	}
+	if _, err := os.Stat(inst.StateDir()); !os.IsNotExist(err) {
+		entries, _ := os.ReadDir(inst.StateDir())
+		t.Errorf("state directory %s left behind (%v): %v", inst.StateDir(), err, entries)
+	}
+	if inst.State() != vm.StateShutdown {
+		t.Errorf("state %s after QEMU ended, want shutdown", inst.State())
+	}
+}
+
+func TestBootInfoAndShutdown(t *testing.T) {
+	t.Parallel()
+	img := guestimage.Require(t)
+	inst := bootVM(t, nil)
+	ctx := testContext(t)
+	info, err := inst.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("guest: kernel %s, %d CPUs, %d MiB, up %v, transport %s, accel %s, modules %v",
+		info.KernelRelease, info.CpusOnline, info.MemoryTotalBytes>>20, time.Duration(info.UptimeNs), info.Transport, inst.Accel(), info.ModulesLoaded)
+	if img.KernelVersion != "" && info.KernelRelease != img.KernelVersion {
+		t.Errorf("guest kernel %q, want the built %q", info.KernelRelease, img.KernelVersion)
+	}
+	if host, _ := os.ReadFile("/proc/sys/kernel/osrelease"); strings.TrimSpace(string(host)) == info.KernelRelease {
+		t.Errorf("guest reports the host's kernel %s", info.KernelRelease)
+	}
+	if info.CpusOnline != 1 {
+		t.Errorf("%d CPUs online, want 1", info.CpusOnline)
+	}
+	if mib := info.MemoryTotalBytes >> 20; mib < 150 || mib > 256 {
+		t.Errorf("MemTotal %d MiB, want a little under 256", mib)
+	}
+	if info.Transport != string(inst.Transport()) {
+		t.Errorf("agent serves on %q, host uses %q", info.Transport, inst.Transport())
+	}
+	for _, want := range []string{inst.StateDir() + "/qmp.sock", inst.StateDir() + "/console.log", inst.StateDir() + "/qemu.pid"} {
+		if _, err := os.Stat(want); err != nil {
+			t.Errorf("while running: %v", err)
+		}
+	}
+	pid := inst.Pid()
+	if err := inst.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, inst, pid)
+	// A second shutdown is harmless, a restart is not allowed.
+	if err := inst.Shutdown(ctx); err != nil {
+		t.Errorf("second shutdown: %v", err)
+	}
+	if err := inst.Start(ctx); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("start after shutdown: got %v, want a failed-precondition error", err)
+	}
+}
+
+func TestHotplugCPUAndMemory(t *testing.T) {
+	t.Parallel()
+	inst := bootVM(t, func(c *vm.Config) { c.MaxMemoryMiB = 1024 })
+	ctx := testContext(t)
+	before, err := inst.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := inst.SetCPUs(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("1→2 vCPUs online in %v", time.Since(start))
+	start = time.Now()
+	if err := inst.AddMemory(ctx, 256); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("+256 MiB online in %v", time.Since(start))
+	after, err := inst.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.CpusOnline != 2 {
+		t.Errorf("%d CPUs online after plugging one, want 2", after.CpusOnline)
+	}
+	if grown := int64(after.MemoryTotalBytes-before.MemoryTotalBytes) >> 20; grown != 256 {
+		t.Errorf("MemTotal grew by %d MiB, want 256", grown)
+	}
+	if _, err := inst.RemoveMemory(ctx); err != nil {
+		t.Fatal(err)
+	}
+	final, err := inst.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if final.MemoryTotalBytes != before.MemoryTotalBytes {
+		t.Errorf("MemTotal %d MiB after unplug, want %d", final.MemoryTotalBytes>>20, before.MemoryTotalBytes>>20)
+	}
+	if err := inst.SetCPUs(ctx, 5); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("5 vCPUs of at most 4: got %v", err)
+	}
+}
+
+// makeExt4 builds an ext4 image holding files, without mounting anything.
+func makeExt4(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	for name, content := range files {
+		p := filepath.Join(src, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := filepath.Join(dir, "disk.ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", src, img, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	return img
+}
+
+func TestAttachReadDetachDisk(t *testing.T) {
+	t.Parallel()
+	img := makeExt4(t, map[string]string{"hello.txt": "hello from the host\n"})
+	inst := bootVM(t, func(c *vm.Config) { c.AllowedDiskRoots = []string{filepath.Dir(img)} })
+	ctx := testContext(t)
+
+	if err := inst.AttachDisk(ctx, vm.Disk{ID: "data1", Path: img, ReadOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+	agent := inst.Agent()
+	mnt, err := agent.MountBlock(ctx, &agentapi.MountBlockRequest{Serial: "data1", Fstype: "ext4", Name: "data", ReadOnly: true, WaitMs: 20000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := agent.ReadFile(ctx, &agentapi.ReadFileRequest{Mount: "data", Path: "hello.txt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got.Data) != "hello from the host\n" {
+		t.Errorf("read %q from %s in the guest", got.Data, mnt.Device)
+	}
+	if _, err := agent.ReadFile(ctx, &agentapi.ReadFileRequest{Mount: "data", Path: "../../../proc/version"}); err == nil {
+		t.Error("read a file outside the mount")
+	}
+	if _, err := agent.UnmountBlock(ctx, &agentapi.UnmountBlockRequest{Name: "data"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.DetachDisk(ctx, "data1"); err != nil {
+		t.Fatal(err)
+	}
+	info, err := inst.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range info.BlockDevices {
+		if d.Serial == "data1" {
+			t.Errorf("disk still in the guest after detach: %+v", d)
+		}
+	}
+	// Outside the allowed roots, or missing: refused before QEMU sees it.
+	if err := inst.AttachDisk(ctx, vm.Disk{ID: "etc", Path: "/etc/hostname"}); !errors.Is(err, errdefs.ErrPermissionDenied) || !strings.Contains(err.Error(), "/etc/hostname") {
+		t.Errorf("disk outside allowed roots: got %v", err)
+	}
+	missing := filepath.Join(filepath.Dir(img), "missing.img")
+	if err := inst.AttachDisk(ctx, vm.Disk{ID: "gone", Path: missing}); !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), missing) {
+		t.Errorf("missing disk: got %v", err)
+	}
+}
+
+func TestQEMUKilledIsNoticed(t *testing.T) {
+	t.Parallel()
+	inst := bootVM(t, nil)
+	pid := inst.Pid()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, inst, pid)
+	if _, err := inst.Info(testContext(t)); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("info after QEMU died: got %v", err)
+	}
+	if !strings.Contains(inst.ExitStatus(), "killed") {
+		t.Errorf("exit status %q does not say QEMU was killed", inst.ExitStatus())
+	}
+}
+
+func TestInvalidConfigAndTransitions(t *testing.T) {
+	img := guestimage.Require(t)
+	base := vm.Config{ID: "bad", StateRoot: t.TempDir(), Kernel: img.Kernel, Initrd: img.Initrd}
+
+	c := base
+	c.Disks = []vm.Disk{{ID: "root", Path: "/nonexistent/rootfs.img"}}
+	if _, err := vm.New(c); !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), "/nonexistent/rootfs.img") {
+		t.Errorf("missing disk: got %v", err)
+	}
+	c = base
+	c.Disks = []vm.Disk{{ID: "a-serial-that-is-far-too-long", Path: img.Kernel}}
+	if _, err := vm.New(c); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("long disk id: got %v", err)
+	}
+	c = base
+	c.Kernel = "/nonexistent/vmlinux"
+	if _, err := vm.New(c); err == nil || !strings.Contains(err.Error(), "/nonexistent/vmlinux") {
+		t.Errorf("missing kernel: got %v", err)
+	}
+	inst, err := vm.New(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testContext(t)
+	if err := inst.SetCPUs(ctx, 2); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("hot-plug before start: got %v", err)
+	}
+	if err := inst.Shutdown(ctx); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("shutdown before start: got %v", err)
+	}
+}

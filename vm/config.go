@@ -1,0 +1,198 @@
+package vm
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/qemu-shim/qemu-shim/internal/transport"
+)
+
+// DefaultStateRoot holds one directory per running VM.
+const DefaultStateRoot = "/run/qemu-shim"
+
+// DefaultFirmware is the small qboot firmware Debian's qemu-system-data ships.
+const DefaultFirmware = "/usr/share/qemu/qboot.rom"
+
+// Config describes a VM before it starts.
+type Config struct {
+	// ID names the VM and its state directory.
+	ID string
+	// StateRoot is where the state directory goes (DefaultStateRoot).
+	StateRoot string
+	// QEMU is the emulator binary (qemu-system-x86_64 from PATH).
+	QEMU string
+	// Kernel (an uncompressed PVH vmlinux or a bzImage) and Initrd.
+	Kernel, Initrd string
+	// Firmware is passed as -bios; DefaultFirmware when it exists, else
+	// QEMU's own.
+	Firmware string
+	// Accel is "auto" (KVM when usable, else TCG), "kvm" or "tcg".
+	Accel string
+	// Transport to the agent; Auto picks vsock where the host has it.
+	Transport transport.Kind
+
+	CPUs, MaxCPUs int
+	// MemoryMiB at boot; MaxMemoryMiB is the hot-plug ceiling;
+	// MemorySlots the number of DIMMs that may be added.
+	MemoryMiB, MaxMemoryMiB, MemorySlots int
+
+	// KernelParams are added to the default kernel command line.
+	KernelParams []string
+	// Disks present at boot.
+	Disks []Disk
+	// AllowedDiskRoots bounds where disk images may come from; empty
+	// allows any existing path.
+	AllowedDiskRoots []string
+	// HotplugPorts is how many PCIe slots are kept for hot-plugged disks.
+	HotplugPorts int
+	// BootTimeout bounds Start (until the agent answers).
+	BootTimeout time.Duration
+	// Debug makes the agent log verbosely to the console log.
+	Debug bool
+}
+
+// Disk is a disk image handed to the guest. The guest finds it by ID, which
+// becomes the device's serial.
+type Disk struct {
+	ID       string
+	Path     string
+	ReadOnly bool
+	// Format is raw (default) or qcow2.
+	Format string
+}
+
+var (
+	validVMID   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+	validDiskID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,19}$`)
+)
+
+func (c *Config) setDefaults() {
+	if c.StateRoot == "" {
+		c.StateRoot = DefaultStateRoot
+	}
+	if c.QEMU == "" {
+		c.QEMU = "qemu-system-x86_64"
+	}
+	if c.Firmware == "" {
+		if _, err := os.Stat(DefaultFirmware); err == nil {
+			c.Firmware = DefaultFirmware
+		}
+	}
+	if c.Accel == "" {
+		c.Accel = "auto"
+	}
+	if c.Transport == "" {
+		c.Transport = transport.Auto
+	}
+	if c.CPUs == 0 {
+		c.CPUs = 1
+	}
+	if c.MaxCPUs == 0 {
+		c.MaxCPUs = max(c.CPUs, 4)
+	}
+	if c.MemoryMiB == 0 {
+		c.MemoryMiB = 256
+	}
+	if c.MaxMemoryMiB == 0 {
+		c.MaxMemoryMiB = c.MemoryMiB + 2048
+	}
+	if c.MemorySlots == 0 && c.MaxMemoryMiB > c.MemoryMiB {
+		c.MemorySlots = 8
+	}
+	if c.HotplugPorts == 0 {
+		c.HotplugPorts = 4
+	}
+	if c.BootTimeout == 0 {
+		c.BootTimeout = 60 * time.Second
+	}
+}
+
+func (c *Config) validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("vm config: "+format+": %w", append(args, errdefs.ErrInvalidArgument)...)
+	}
+	if !validVMID.MatchString(c.ID) {
+		return bad("id %q: want 1-64 letters, digits, '_', '.' or '-'", c.ID)
+	}
+	if c.Accel != "auto" && c.Accel != "kvm" && c.Accel != "tcg" {
+		return bad("accel %q: want auto, kvm or tcg", c.Accel)
+	}
+	if _, err := transport.ParseKind(string(c.Transport)); err != nil {
+		return bad("%v", err)
+	}
+	for _, f := range []struct{ what, path string }{{"kernel", c.Kernel}, {"initrd", c.Initrd}} {
+		if f.path == "" {
+			return bad("no %s", f.what)
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return bad("%s %s: %v (build it with 'make guest')", f.what, f.path, err)
+		}
+	}
+	if c.CPUs < 1 || c.MaxCPUs < c.CPUs {
+		return bad("vCPUs %d (max %d)", c.CPUs, c.MaxCPUs)
+	}
+	if c.MemoryMiB < 64 || c.MaxMemoryMiB < c.MemoryMiB {
+		return bad("memory %d MiB (max %d MiB)", c.MemoryMiB, c.MaxMemoryMiB)
+	}
+	seen := map[string]bool{}
+	for i := range c.Disks {
+		if err := c.checkDisk(&c.Disks[i]); err != nil {
+			return err
+		}
+		if seen[c.Disks[i].ID] {
+			return bad("disk id %q used twice", c.Disks[i].ID)
+		}
+		seen[c.Disks[i].ID] = true
+	}
+	return nil
+}
+
+// checkDisk validates a disk and resolves its path. A disk path is never
+// handed to QEMU unchecked: it must exist, be a file or block device, and
+// lie inside an allowed root.
+func (c *Config) checkDisk(d *Disk) error {
+	if !validDiskID.MatchString(d.ID) {
+		return fmt.Errorf("disk id %q: want 1-20 letters, digits, '_' or '-' (it becomes the serial, of which QEMU keeps 20 characters): %w", d.ID, errdefs.ErrInvalidArgument)
+	}
+	if d.Format != "" && d.Format != "raw" && d.Format != "qcow2" {
+		return fmt.Errorf("disk %s: format %q: want raw or qcow2: %w", d.ID, d.Format, errdefs.ErrInvalidArgument)
+	}
+	if !filepath.IsAbs(d.Path) {
+		return fmt.Errorf("disk %s: path %q is not absolute: %w", d.ID, d.Path, errdefs.ErrInvalidArgument)
+	}
+	resolved, err := filepath.EvalSymlinks(d.Path)
+	if err != nil {
+		return fmt.Errorf("disk %s: image %s does not exist: %w", d.ID, d.Path, errdefs.ErrNotFound)
+	}
+	st, err := os.Stat(resolved)
+	if err != nil {
+		return fmt.Errorf("disk %s: image %s: %v: %w", d.ID, d.Path, err, errdefs.ErrNotFound)
+	}
+	if !st.Mode().IsRegular() && st.Mode()&os.ModeDevice == 0 {
+		return fmt.Errorf("disk %s: %s is neither a file nor a block device: %w", d.ID, d.Path, errdefs.ErrInvalidArgument)
+	}
+	if len(c.AllowedDiskRoots) > 0 {
+		ok := false
+		for _, root := range c.AllowedDiskRoots {
+			r, err := filepath.EvalSymlinks(root)
+			if err != nil {
+				continue
+			}
+			if rel, err := filepath.Rel(r, resolved); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return fmt.Errorf("disk %s: %s is outside the allowed roots %v: %w", d.ID, d.Path, c.AllowedDiskRoots, errdefs.ErrPermissionDenied)
+		}
+	}
+	d.Path = resolved
+	return nil
+}

@@ -1,0 +1,422 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+
+	"github.com/qemu-shim/qemu-shim/internal/transport"
+	"github.com/qemu-shim/qemu-shim/internal/transport/serial"
+	"github.com/qemu-shim/qemu-shim/internal/transport/vsock"
+	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
+	"github.com/qemu-shim/qemu-shim/vm/cmdline"
+	"github.com/qemu-shim/qemu-shim/vm/qmp"
+)
+
+// File names inside a VM's state directory.
+const (
+	qmpSocketName   = "qmp.sock"
+	agentSocketName = "agent.sock"
+	consoleLogName  = "console.log"
+)
+
+// Bounds of each shutdown step.
+var (
+	agentShutdownWait = 5 * time.Second
+	powerdownWait     = 2 * time.Second
+	sigtermWait       = 2 * time.Second
+	sigkillWait       = 5 * time.Second
+)
+
+// Instance is one VM.
+type Instance struct {
+	cfg      Config
+	state    stateMachine
+	stateDir string
+
+	accel     cmdline.Accel
+	transport transport.Kind
+	cidLease  *vsock.Lease
+
+	proc   *process
+	qmp    *qmp.Monitor
+	host   transport.Host
+	client *ttrpc.Client
+	agent  agentapi.AgentService
+
+	hp hotplugState
+
+	cleanupOnce sync.Once
+	cleanupDone chan struct{}
+	stopping    chan struct{}
+	stopOnce    sync.Once
+}
+
+// New checks cfg and returns an Instance in state New.
+func New(cfg Config) (*Instance, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Instance{
+		cfg:         cfg,
+		stateDir:    filepath.Join(cfg.StateRoot, cfg.ID),
+		cleanupDone: make(chan struct{}),
+		stopping:    make(chan struct{}),
+	}, nil
+}
+
+// ID returns the VM's name.
+func (i *Instance) ID() string { return i.cfg.ID }
+
+// State returns the current state.
+func (i *Instance) State() State { return i.state.get() }
+
+// StateDir is where the VM's sockets, pid file and console log live while
+// it runs.
+func (i *Instance) StateDir() string { return i.stateDir }
+
+// Accel is the accelerator QEMU runs with.
+func (i *Instance) Accel() cmdline.Accel { return i.accel }
+
+// Transport is the host↔guest transport in use.
+func (i *Instance) Transport() transport.Kind { return i.transport }
+
+// Pid is QEMU's process id (0 before Start).
+func (i *Instance) Pid() int {
+	if i.proc == nil {
+		return 0
+	}
+	return i.proc.pid()
+}
+
+// Done is closed once QEMU has exited and the VM's resources are removed,
+// whether through Shutdown or because QEMU died.
+func (i *Instance) Done() <-chan struct{} { return i.cleanupDone }
+
+// ExitStatus says how QEMU ended, once Done is closed.
+func (i *Instance) ExitStatus() string {
+	if i.proc == nil {
+		return ""
+	}
+	return i.proc.describe()
+}
+
+// Agent is the TTRPC client of the agent's VM-level service.
+func (i *Instance) Agent() agentapi.AgentService { return i.agent }
+
+// Client is the TTRPC client to the agent, for the other services it serves.
+func (i *Instance) Client() *ttrpc.Client { return i.client }
+
+// Dial opens a new logical connection to the agent (for a stdio stream).
+func (i *Instance) Dial(ctx context.Context) (net.Conn, error) {
+	if err := i.state.require(i.cfg.ID, "open a stream", StateRunning); err != nil {
+		return nil, err
+	}
+	return i.host.Dial(ctx)
+}
+
+// Start launches QEMU and returns once the agent answers. On failure
+// nothing is left behind.
+func (i *Instance) Start(ctx context.Context) (retErr error) {
+	if err := i.state.transition(i.cfg.ID, "start", StateNew, StateStarting); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, i.cfg.BootTimeout)
+	defer cancel()
+	defer func() {
+		if retErr != nil {
+			i.stopOnce.Do(func() { close(i.stopping) })
+			i.state.v.Store(int32(StateShutdown))
+			if i.proc != nil {
+				i.proc.signal(syscall.SIGKILL)
+				i.proc.waitExit(sigkillWait)
+			}
+			i.cleanup(context.WithoutCancel(ctx))
+		}
+	}()
+
+	if err := i.prepareStateDir(ctx); err != nil {
+		return err
+	}
+	m, err := i.machine()
+	if err != nil {
+		return err
+	}
+	args, err := m.Args()
+	if err != nil {
+		return fmt.Errorf("vm %s: %w: %w", i.cfg.ID, err, errdefs.ErrInvalidArgument)
+	}
+	log.G(ctx).WithField("vm", i.cfg.ID).WithField("args", strings.Join(args, " ")).Debug("starting QEMU")
+	if i.proc, err = startProcess(i.cfg.QEMU, args, nil); err != nil {
+		return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
+	}
+	go i.watchExit()
+
+	// Give up at once if QEMU dies while we wait for it.
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	go func() {
+		select {
+		case <-i.proc.exited:
+			stop(fmt.Errorf("QEMU exited during boot: %s%s", i.proc.describe(), i.consoleTail()))
+		case <-ctx.Done():
+		}
+	}()
+	wrap := func(step string, err error) error {
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			err = cause
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w after %v%s", err, i.cfg.BootTimeout, i.consoleTail())
+		}
+		return fmt.Errorf("vm %s: %s: %w", i.cfg.ID, step, err)
+	}
+
+	if i.qmp, err = qmp.Connect(ctx, m.QMPSocket); err != nil {
+		return wrap("connect QMP", err)
+	}
+	if err := i.connectAgent(ctx); err != nil {
+		return wrap("reach the guest agent", err)
+	}
+	info, err := i.agent.Info(ctx, &agentapi.InfoRequest{})
+	if err != nil {
+		return wrap("agent info", err)
+	}
+	if err := i.state.transition(i.cfg.ID, "finish start", StateStarting, StateRunning); err != nil {
+		return err
+	}
+	log.G(ctx).WithField("vm", i.cfg.ID).WithField("accel", i.accel).WithField("transport", i.transport).
+		WithField("kernel", info.KernelRelease).Info("VM running")
+	return nil
+}
+
+func (i *Instance) prepareStateDir(ctx context.Context) error {
+	if err := os.MkdirAll(i.cfg.StateRoot, 0o711); err != nil {
+		return fmt.Errorf("vm %s: create state root: %w", i.cfg.ID, err)
+	}
+	// A directory left by a crashed owner may still have its QEMU.
+	if pid, err := KillStale(i.stateDir); err != nil {
+		return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
+	} else if pid != 0 {
+		log.G(ctx).WithField("vm", i.cfg.ID).WithField("pid", pid).Warn("killed a stale QEMU left by an earlier shim")
+	}
+	if err := os.RemoveAll(i.stateDir); err != nil {
+		return fmt.Errorf("vm %s: clear state directory: %w", i.cfg.ID, err)
+	}
+	if err := os.Mkdir(i.stateDir, 0o700); err != nil {
+		return fmt.Errorf("vm %s: create state directory: %w", i.cfg.ID, err)
+	}
+	return nil
+}
+
+// machine turns the Config into a QEMU command line description.
+func (i *Instance) machine() (*cmdline.Machine, error) {
+	switch i.cfg.Accel {
+	case "kvm":
+		i.accel = cmdline.KVM
+	case "tcg":
+		i.accel = cmdline.TCG
+	default:
+		var why string
+		i.accel, why = DetectAccel()
+		log.L.WithField("vm", i.cfg.ID).Info(why)
+	}
+	var why string
+	i.transport, why = transport.Resolve(i.cfg.Transport)
+	log.L.WithField("vm", i.cfg.ID).WithField("transport", i.transport).Debug(why)
+
+	kernel := cmdline.NewKernel(cmdline.DefaultKernelParams...)
+	kernel.Set("qemu_shim.transport", string(i.transport))
+	if i.cfg.Debug {
+		kernel.Set("qemu_shim.debug", "1")
+	}
+	if err := kernel.Add(i.cfg.KernelParams...); err != nil {
+		return nil, fmt.Errorf("vm %s: %w: %w", i.cfg.ID, err, errdefs.ErrInvalidArgument)
+	}
+	m := &cmdline.Machine{
+		Accel:         i.accel,
+		Firmware:      i.cfg.Firmware,
+		CPUs:          i.cfg.CPUs,
+		MaxCPUs:       i.cfg.MaxCPUs,
+		MemoryMiB:     i.cfg.MemoryMiB,
+		MaxMemoryMiB:  i.cfg.MaxMemoryMiB,
+		MemorySlots:   i.cfg.MemorySlots,
+		Kernel:        i.cfg.Kernel,
+		Initrd:        i.cfg.Initrd,
+		KernelCmdline: kernel.String(),
+		ConsoleLog:    filepath.Join(i.stateDir, consoleLogName),
+		QMPSocket:     filepath.Join(i.stateDir, qmpSocketName),
+		PidFile:       filepath.Join(i.stateDir, pidFileName),
+		HotplugPorts:  i.cfg.HotplugPorts,
+		Sandbox:       sandboxSupported(i.cfg.QEMU),
+	}
+	for _, d := range i.cfg.Disks {
+		m.Disks = append(m.Disks, cmdline.Disk{ID: d.ID, Serial: d.ID, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly})
+	}
+	switch i.transport {
+	case transport.VSock:
+		alloc := &vsock.CIDAllocator{Dir: filepath.Join(i.cfg.StateRoot, "vsock-cids"), Cooldown: 30 * time.Second}
+		lease, err := alloc.Allocate()
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: %w", i.cfg.ID, err)
+		}
+		i.cidLease = lease
+		m.VsockCID = lease.CID
+	default:
+		m.AgentSocket = filepath.Join(i.stateDir, agentSocketName)
+		m.AgentPortName = serial.PortName
+	}
+	i.hp.init(i.cfg)
+	return m, nil
+}
+
+// connectAgent brings up the transport and the TTRPC client.
+func (i *Instance) connectAgent(ctx context.Context) error {
+	switch i.transport {
+	case transport.VSock:
+		i.host = &vsock.Host{CID: i.cidLease.CID, Port: vsock.AgentPort}
+	default:
+		h, err := serial.Connect(ctx, filepath.Join(i.stateDir, agentSocketName))
+		if err != nil {
+			return err
+		}
+		i.host = h
+	}
+	conn, err := i.host.Dial(ctx)
+	if err != nil {
+		return err
+	}
+	i.client = ttrpc.NewClient(conn)
+	i.agent = agentapi.NewAgentClient(i.client)
+	return nil
+}
+
+// watchExit cleans up after QEMU whenever it exits, also unasked.
+func (i *Instance) watchExit() {
+	<-i.proc.exited
+	select {
+	case <-i.stopping:
+		return // Start or Shutdown cleans up
+	default:
+	}
+	ctx := context.Background()
+	log.G(ctx).WithField("vm", i.cfg.ID).WithField("status", i.proc.describe()).Warn("QEMU exited unexpectedly")
+	if i.state.get() == StateRunning {
+		i.state.v.Store(int32(StateShutdown))
+		i.cleanup(ctx)
+	}
+}
+
+// Shutdown stops the VM: it asks the agent to sync and power off, then
+// presses the ACPI power button, then sends SIGTERM, then SIGKILL, each with
+// a bounded wait; then it removes every resource of the VM. Shutting down
+// a VM that is already shut down waits for that to finish.
+func (i *Instance) Shutdown(ctx context.Context) error {
+	if err := i.state.transition(i.cfg.ID, "shut down", StateRunning, StateShutdown); err != nil {
+		if i.state.get() == StateShutdown {
+			<-i.cleanupDone
+			return nil
+		}
+		return err
+	}
+	i.stopOnce.Do(func() { close(i.stopping) })
+	l := log.G(ctx).WithField("vm", i.cfg.ID)
+	exited := false
+	if i.agent != nil {
+		actx, cancel := context.WithTimeout(ctx, agentShutdownWait)
+		_, err := i.agent.Shutdown(actx, &agentapi.ShutdownRequest{})
+		cancel()
+		if err != nil {
+			l.WithError(err).Debug("agent shutdown")
+		}
+		exited = i.proc.waitExit(agentShutdownWait)
+	}
+	if !exited && i.qmp != nil {
+		qctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := i.qmp.Run(qctx, "system_powerdown", nil, nil)
+		cancel()
+		if err != nil {
+			l.WithError(err).Debug("ACPI power-down")
+		}
+		exited = i.proc.waitExit(powerdownWait)
+	}
+	if !exited {
+		l.Warn("VM did not power off: sending SIGTERM to QEMU")
+		i.proc.signal(syscall.SIGTERM)
+		exited = i.proc.waitExit(sigtermWait)
+	}
+	if !exited {
+		l.Warn("QEMU ignored SIGTERM: sending SIGKILL")
+		i.proc.signal(syscall.SIGKILL)
+		if !i.proc.waitExit(sigkillWait) {
+			return fmt.Errorf("vm %s: QEMU (pid %d) did not exit after SIGKILL", i.cfg.ID, i.proc.pid())
+		}
+	}
+	i.cleanup(ctx)
+	return nil
+}
+
+// cleanup closes every connection and removes the state directory. QEMU
+// must have exited.
+func (i *Instance) cleanup(ctx context.Context) {
+	i.cleanupOnce.Do(func() {
+		defer close(i.cleanupDone)
+		if i.client != nil {
+			i.client.Close()
+		}
+		if i.host != nil {
+			i.host.Close()
+		}
+		if i.qmp != nil {
+			i.qmp.Close()
+		}
+		if i.cidLease != nil {
+			i.cidLease.Release()
+		}
+		if err := os.RemoveAll(i.stateDir); err != nil {
+			log.G(ctx).WithError(err).WithField("vm", i.cfg.ID).Warn("remove state directory")
+		}
+	})
+}
+
+// consoleTail returns the end of the console log, to explain a failed boot.
+func (i *Instance) consoleTail() string {
+	b, err := os.ReadFile(filepath.Join(i.stateDir, consoleLogName))
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	if len(b) > 2048 {
+		b = b[len(b)-2048:]
+	}
+	return "; console: " + strings.TrimSpace(string(b))
+}
+
+var (
+	sandboxMu    sync.Mutex
+	sandboxCache = map[string]bool{}
+)
+
+// sandboxSupported says whether this QEMU was built with seccomp (-sandbox).
+func sandboxSupported(qemu string) bool {
+	sandboxMu.Lock()
+	defer sandboxMu.Unlock()
+	if v, ok := sandboxCache[qemu]; ok {
+		return v
+	}
+	out, _ := execOutput(qemu, "-help")
+	v := strings.Contains(out, "-sandbox on")
+	sandboxCache[qemu] = v
+	return v
+}
