@@ -262,6 +262,9 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 		HotplugPorts:  i.cfg.HotplugPorts,
 		Sandbox:       sandboxSupported(i.cfg.QEMU),
 	}
+	if i.cfg.Tools != "" {
+		m.Disks = append(m.Disks, cmdline.Disk{ID: agentapi.ToolsDiskSerial, Serial: agentapi.ToolsDiskSerial, Path: i.cfg.Tools, ReadOnly: true})
+	}
 	for _, d := range i.cfg.Disks {
 		m.Disks = append(m.Disks, cmdline.Disk{ID: d.ID, Serial: d.ID, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly})
 	}
@@ -280,6 +283,23 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 	}
 	i.hp.init(i.cfg)
 	return m, nil
+}
+
+// CommandLine returns the QEMU arguments Start would use, without starting
+// anything; for operators and benchmarks. The instance stays New.
+func (i *Instance) CommandLine() ([]string, error) {
+	if err := i.state.require(i.cfg.ID, "show the command line", StateNew); err != nil {
+		return nil, err
+	}
+	m, err := i.machine()
+	if i.cidLease != nil {
+		i.cidLease.Release()
+		i.cidLease = nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return m.Args()
 }
 
 // connectAgent brings up the transport and the TTRPC client.

@@ -47,7 +47,22 @@ func main() {
 	os.Exit(1)
 }
 
+// timeline records when each boot step finished, in guest uptime.
+var (
+	timelineMu sync.Mutex
+	timeline   []*agentapi.BootStep
+)
+
+func step(name string) {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	timelineMu.Lock()
+	timeline = append(timeline, &agentapi.BootStep{Name: name, AtNs: uint64(ts.Nano())})
+	timelineMu.Unlock()
+}
+
 func run(ctx context.Context) error {
+	step("init")
 	if os.Getpid() == 1 {
 		if err := boot.Reroot("/.reroot"); err != nil {
 			return err
@@ -56,6 +71,7 @@ func run(ctx context.Context) error {
 			return err
 		}
 	}
+	step("mounted")
 	cmdline, _ := os.ReadFile("/proc/cmdline")
 	params := boot.KernelParams(string(cmdline), "qemu_shim.")
 	if params["debug"] == "1" {
@@ -109,14 +125,12 @@ func run(ctx context.Context) error {
 			}
 		}
 	}
+	step("transport-modules")
+	// The other modules and the tools disk wait for the host's first
+	// connection: with one vCPU they would otherwise slow down the boot
+	// that the host is waiting for.
+	firstConn := make(chan struct{})
 	modulesReady := make(chan struct{})
-	go func() {
-		defer close(modulesReady)
-		if err := load(); err != nil {
-			log.G(ctx).WithError(err).Error("load kernel modules")
-		}
-	}()
-
 	onliner := &hotplug.Onliner{SysfsRoot: "/sys"}
 	go func() {
 		if err := onliner.Watch(ctx); err != nil {
@@ -128,11 +142,13 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	step("listening")
+	l = &firstAcceptListener{Listener: l, first: firstConn}
 	server, err := ttrpc.NewServer()
 	if err != nil {
 		return err
 	}
-	agentapi.RegisterAgentService(server, &agent.Service{
+	svc := &agent.Service{
 		SysfsRoot:    "/sys",
 		MountRoot:    mountRoot,
 		Transport:    string(kind),
@@ -142,11 +158,33 @@ func run(ctx context.Context) error {
 			defer modMu.Unlock()
 			return append([]string(nil), modList...)
 		},
+		Timeline: func() []*agentapi.BootStep {
+			timelineMu.Lock()
+			defer timelineMu.Unlock()
+			return append([]*agentapi.BootStep(nil), timeline...)
+		},
 		PowerOff: func() {
 			unix.Sync()
 			unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 		},
-	})
+	}
+	agentapi.RegisterAgentService(server, svc)
+	go func() {
+		defer close(modulesReady)
+		select {
+		case <-firstConn:
+		case <-time.After(5 * time.Second):
+		}
+		if err := load(); err != nil {
+			log.G(ctx).WithError(err).Error("load kernel modules")
+		}
+		step("all-modules")
+		if err := svc.MountTools(ctx, 5*time.Second); err != nil {
+			log.G(ctx).WithError(err).Warn("no guest tools: containers cannot run")
+		} else {
+			step("tools")
+		}
+	}()
 	log.G(ctx).WithField("transport", kind).Debug("agent serving")
 	return server.Serve(ctx, l)
 }
@@ -174,4 +212,19 @@ func listen(kind transport.Kind) (net.Listener, error) {
 		return nil, fmt.Errorf("open agent port: %w", err)
 	}
 	return serial.Listen(port), nil
+}
+
+// firstAcceptListener closes first when the first connection arrives.
+type firstAcceptListener struct {
+	net.Listener
+	first chan struct{}
+	once  sync.Once
+}
+
+func (l *firstAcceptListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.once.Do(func() { close(l.first) })
+	}
+	return c, err
 }

@@ -48,6 +48,8 @@ type Service struct {
 	Modules func() []string
 	// PowerOff ends the VM; called after Shutdown has replied.
 	PowerOff func()
+	// Timeline returns the boot steps so far.
+	Timeline func() []*api.BootStep
 
 	mu     sync.Mutex
 	mounts map[string]string // name → path
@@ -80,6 +82,9 @@ func (s *Service) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoRespon
 	}
 	if s.Modules != nil {
 		resp.ModulesLoaded = s.Modules()
+	}
+	if s.Timeline != nil {
+		resp.BootTimeline = s.Timeline()
 	}
 	return resp, nil
 }
@@ -279,6 +284,22 @@ func (s *Service) ReadFile(ctx context.Context, req *api.ReadFileRequest) (*api.
 		resp.Data, resp.Truncated = data[:max], true
 	}
 	return resp, nil
+}
+
+// MountTools mounts the tools disk read-only at api.ToolsMountPoint, waiting
+// up to wait for it to appear.
+func (s *Service) MountTools(ctx context.Context, wait time.Duration) error {
+	dev, err := s.waitForDevice(ctx, api.ToolsDiskSerial, wait)
+	if err != nil {
+		return fmt.Errorf("tools disk: %w", err)
+	}
+	if err := os.MkdirAll(api.ToolsMountPoint, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(dev, api.ToolsMountPoint, "erofs", unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+		return fmt.Errorf("mount tools disk %s: %w", dev, err)
+	}
+	return nil
 }
 
 // Shutdown unmounts what it mounted, syncs, and powers off once the reply

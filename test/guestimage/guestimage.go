@@ -23,14 +23,14 @@ func Dir() string {
 
 // Image is a built guest.
 type Image struct {
-	Kernel, Initrd, KernelVersion string
+	Kernel, Initrd, Tools, KernelVersion string
 }
 
 // Find returns the built image, or an error saying how to build it.
 func Find() (Image, error) {
 	d := Dir()
-	img := Image{Kernel: filepath.Join(d, "vmlinux"), Initrd: filepath.Join(d, "initramfs.cpio")}
-	for _, p := range []string{img.Kernel, img.Initrd} {
+	img := Image{Kernel: filepath.Join(d, "vmlinux"), Initrd: filepath.Join(d, "initramfs.cpio"), Tools: filepath.Join(d, "tools.erofs")}
+	for _, p := range []string{img.Kernel, img.Initrd, img.Tools} {
 		if _, err := os.Stat(p); err != nil {
 			return img, fmt.Errorf("guest image incomplete (%v): run 'make guest'", err)
 		}

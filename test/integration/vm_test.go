@@ -13,8 +13,8 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/qemu-shim/qemu-shim/test/guestimage"
 	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
+	"github.com/qemu-shim/qemu-shim/test/guestimage"
 	"github.com/qemu-shim/qemu-shim/vm"
 )
 
@@ -27,6 +27,7 @@ func bootVM(t *testing.T, edit func(*vm.Config)) *vm.Instance {
 		StateRoot:   t.TempDir(),
 		Kernel:      img.Kernel,
 		Initrd:      img.Initrd,
+		Tools:       img.Tools,
 		CPUs:        1,
 		MaxCPUs:     4,
 		MemoryMiB:   256,

@@ -73,6 +73,9 @@ type InfoResponse struct {
 	ModulesLoaded []string       `protobuf:"bytes,6,rep,name=modules_loaded,json=modulesLoaded,proto3" json:"modules_loaded,omitempty"`
 	BlockDevices  []*BlockDevice `protobuf:"bytes,7,rep,name=block_devices,json=blockDevices,proto3" json:"block_devices,omitempty"`
 	Transport     string         `protobuf:"bytes,8,opt,name=transport,proto3" json:"transport,omitempty"`
+	// boot_timeline_ns is the guest's CLOCK_BOOTTIME at each step of the
+	// agent's start, in order ("init", "mounted", ...): where boot time goes.
+	BootTimeline  []*BootStep `protobuf:"bytes,9,rep,name=boot_timeline,json=bootTimeline,proto3" json:"boot_timeline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -163,6 +166,65 @@ func (x *InfoResponse) GetTransport() string {
 	return ""
 }
 
+func (x *InfoResponse) GetBootTimeline() []*BootStep {
+	if x != nil {
+		return x.BootTimeline
+	}
+	return nil
+}
+
+type BootStep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	AtNs          uint64                 `protobuf:"varint,2,opt,name=at_ns,json=atNs,proto3" json:"at_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BootStep) Reset() {
+	*x = BootStep{}
+	mi := &file_task_agent_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BootStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BootStep) ProtoMessage() {}
+
+func (x *BootStep) ProtoReflect() protoreflect.Message {
+	mi := &file_task_agent_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BootStep.ProtoReflect.Descriptor instead.
+func (*BootStep) Descriptor() ([]byte, []int) {
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BootStep) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BootStep) GetAtNs() uint64 {
+	if x != nil {
+		return x.AtNs
+	}
+	return 0
+}
+
 type BlockDevice struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name is the kernel's name (vda); never stable across boots.
@@ -177,7 +239,7 @@ type BlockDevice struct {
 
 func (x *BlockDevice) Reset() {
 	*x = BlockDevice{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -189,7 +251,7 @@ func (x *BlockDevice) String() string {
 func (*BlockDevice) ProtoMessage() {}
 
 func (x *BlockDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -202,7 +264,7 @@ func (x *BlockDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockDevice.ProtoReflect.Descriptor instead.
 func (*BlockDevice) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *BlockDevice) GetName() string {
@@ -249,7 +311,7 @@ type MountBlockRequest struct {
 
 func (x *MountBlockRequest) Reset() {
 	*x = MountBlockRequest{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -261,7 +323,7 @@ func (x *MountBlockRequest) String() string {
 func (*MountBlockRequest) ProtoMessage() {}
 
 func (x *MountBlockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -274,7 +336,7 @@ func (x *MountBlockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountBlockRequest.ProtoReflect.Descriptor instead.
 func (*MountBlockRequest) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MountBlockRequest) GetSerial() string {
@@ -329,7 +391,7 @@ type MountBlockResponse struct {
 
 func (x *MountBlockResponse) Reset() {
 	*x = MountBlockResponse{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -341,7 +403,7 @@ func (x *MountBlockResponse) String() string {
 func (*MountBlockResponse) ProtoMessage() {}
 
 func (x *MountBlockResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -354,7 +416,7 @@ func (x *MountBlockResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountBlockResponse.ProtoReflect.Descriptor instead.
 func (*MountBlockResponse) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MountBlockResponse) GetPath() string {
@@ -380,7 +442,7 @@ type UnmountBlockRequest struct {
 
 func (x *UnmountBlockRequest) Reset() {
 	*x = UnmountBlockRequest{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -392,7 +454,7 @@ func (x *UnmountBlockRequest) String() string {
 func (*UnmountBlockRequest) ProtoMessage() {}
 
 func (x *UnmountBlockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -405,7 +467,7 @@ func (x *UnmountBlockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnmountBlockRequest.ProtoReflect.Descriptor instead.
 func (*UnmountBlockRequest) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UnmountBlockRequest) GetName() string {
@@ -427,7 +489,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +501,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +514,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReadFileRequest) GetMount() string {
@@ -486,7 +548,7 @@ type ReadFileResponse struct {
 
 func (x *ReadFileResponse) Reset() {
 	*x = ReadFileResponse{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -498,7 +560,7 @@ func (x *ReadFileResponse) String() string {
 func (*ReadFileResponse) ProtoMessage() {}
 
 func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -511,7 +573,7 @@ func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileResponse) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReadFileResponse) GetData() []byte {
@@ -536,7 +598,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +610,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,7 +623,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 var File_task_agent_v1_agent_proto protoreflect.FileDescriptor
@@ -569,7 +631,7 @@ var File_task_agent_v1_agent_proto protoreflect.FileDescriptor
 const file_task_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x19task/agent/v1/agent.proto\x12\x11qemushim.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\"\r\n" +
-	"\vInfoRequest\"\xd0\x02\n" +
+	"\vInfoRequest\"\x92\x03\n" +
 	"\fInfoResponse\x12%\n" +
 	"\x0ekernel_release\x18\x01 \x01(\tR\rkernelRelease\x12\x1f\n" +
 	"\vcpus_online\x18\x02 \x01(\rR\n" +
@@ -579,7 +641,11 @@ const file_task_agent_v1_agent_proto_rawDesc = "" +
 	"\ragent_version\x18\x05 \x01(\tR\fagentVersion\x12%\n" +
 	"\x0emodules_loaded\x18\x06 \x03(\tR\rmodulesLoaded\x12C\n" +
 	"\rblock_devices\x18\a \x03(\v2\x1e.qemushim.agent.v1.BlockDeviceR\fblockDevices\x12\x1c\n" +
-	"\ttransport\x18\b \x01(\tR\ttransport\"u\n" +
+	"\ttransport\x18\b \x01(\tR\ttransport\x12@\n" +
+	"\rboot_timeline\x18\t \x03(\v2\x1b.qemushim.agent.v1.BootStepR\fbootTimeline\"3\n" +
+	"\bBootStep\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x13\n" +
+	"\x05at_ns\x18\x02 \x01(\x04R\x04atNs\"u\n" +
 	"\vBlockDevice\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06serial\x18\x02 \x01(\tR\x06serial\x12\x1d\n" +
@@ -626,36 +692,38 @@ func file_task_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_task_agent_v1_agent_proto_rawDescData
 }
 
-var file_task_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_task_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_task_agent_v1_agent_proto_goTypes = []any{
 	(*InfoRequest)(nil),         // 0: qemushim.agent.v1.InfoRequest
 	(*InfoResponse)(nil),        // 1: qemushim.agent.v1.InfoResponse
-	(*BlockDevice)(nil),         // 2: qemushim.agent.v1.BlockDevice
-	(*MountBlockRequest)(nil),   // 3: qemushim.agent.v1.MountBlockRequest
-	(*MountBlockResponse)(nil),  // 4: qemushim.agent.v1.MountBlockResponse
-	(*UnmountBlockRequest)(nil), // 5: qemushim.agent.v1.UnmountBlockRequest
-	(*ReadFileRequest)(nil),     // 6: qemushim.agent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),    // 7: qemushim.agent.v1.ReadFileResponse
-	(*ShutdownRequest)(nil),     // 8: qemushim.agent.v1.ShutdownRequest
-	(*emptypb.Empty)(nil),       // 9: google.protobuf.Empty
+	(*BootStep)(nil),            // 2: qemushim.agent.v1.BootStep
+	(*BlockDevice)(nil),         // 3: qemushim.agent.v1.BlockDevice
+	(*MountBlockRequest)(nil),   // 4: qemushim.agent.v1.MountBlockRequest
+	(*MountBlockResponse)(nil),  // 5: qemushim.agent.v1.MountBlockResponse
+	(*UnmountBlockRequest)(nil), // 6: qemushim.agent.v1.UnmountBlockRequest
+	(*ReadFileRequest)(nil),     // 7: qemushim.agent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),    // 8: qemushim.agent.v1.ReadFileResponse
+	(*ShutdownRequest)(nil),     // 9: qemushim.agent.v1.ShutdownRequest
+	(*emptypb.Empty)(nil),       // 10: google.protobuf.Empty
 }
 var file_task_agent_v1_agent_proto_depIdxs = []int32{
-	2, // 0: qemushim.agent.v1.InfoResponse.block_devices:type_name -> qemushim.agent.v1.BlockDevice
-	0, // 1: qemushim.agent.v1.Agent.Info:input_type -> qemushim.agent.v1.InfoRequest
-	3, // 2: qemushim.agent.v1.Agent.MountBlock:input_type -> qemushim.agent.v1.MountBlockRequest
-	5, // 3: qemushim.agent.v1.Agent.UnmountBlock:input_type -> qemushim.agent.v1.UnmountBlockRequest
-	6, // 4: qemushim.agent.v1.Agent.ReadFile:input_type -> qemushim.agent.v1.ReadFileRequest
-	8, // 5: qemushim.agent.v1.Agent.Shutdown:input_type -> qemushim.agent.v1.ShutdownRequest
-	1, // 6: qemushim.agent.v1.Agent.Info:output_type -> qemushim.agent.v1.InfoResponse
-	4, // 7: qemushim.agent.v1.Agent.MountBlock:output_type -> qemushim.agent.v1.MountBlockResponse
-	9, // 8: qemushim.agent.v1.Agent.UnmountBlock:output_type -> google.protobuf.Empty
-	7, // 9: qemushim.agent.v1.Agent.ReadFile:output_type -> qemushim.agent.v1.ReadFileResponse
-	9, // 10: qemushim.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
-	6, // [6:11] is the sub-list for method output_type
-	1, // [1:6] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	3,  // 0: qemushim.agent.v1.InfoResponse.block_devices:type_name -> qemushim.agent.v1.BlockDevice
+	2,  // 1: qemushim.agent.v1.InfoResponse.boot_timeline:type_name -> qemushim.agent.v1.BootStep
+	0,  // 2: qemushim.agent.v1.Agent.Info:input_type -> qemushim.agent.v1.InfoRequest
+	4,  // 3: qemushim.agent.v1.Agent.MountBlock:input_type -> qemushim.agent.v1.MountBlockRequest
+	6,  // 4: qemushim.agent.v1.Agent.UnmountBlock:input_type -> qemushim.agent.v1.UnmountBlockRequest
+	7,  // 5: qemushim.agent.v1.Agent.ReadFile:input_type -> qemushim.agent.v1.ReadFileRequest
+	9,  // 6: qemushim.agent.v1.Agent.Shutdown:input_type -> qemushim.agent.v1.ShutdownRequest
+	1,  // 7: qemushim.agent.v1.Agent.Info:output_type -> qemushim.agent.v1.InfoResponse
+	5,  // 8: qemushim.agent.v1.Agent.MountBlock:output_type -> qemushim.agent.v1.MountBlockResponse
+	10, // 9: qemushim.agent.v1.Agent.UnmountBlock:output_type -> google.protobuf.Empty
+	8,  // 10: qemushim.agent.v1.Agent.ReadFile:output_type -> qemushim.agent.v1.ReadFileResponse
+	10, // 11: qemushim.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
+	7,  // [7:12] is the sub-list for method output_type
+	2,  // [2:7] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_task_agent_v1_agent_proto_init() }
@@ -669,7 +737,7 @@ func file_task_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_task_agent_v1_agent_proto_rawDesc), len(file_task_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,83 @@
+// Command qemu-shim is the operator's tool beside the shim: check the host,
+// and look at the VMs that are running.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+
+	"github.com/qemu-shim/qemu-shim/internal/hostcheck"
+)
+
+const usage = `usage: qemu-shim COMMAND [flags]
+
+commands:
+  check    report what this host has and lacks for qemu-shim, with fixes
+  boot     boot a throw-away VM, print what its agent reports, shut it down
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "check":
+		err = check(os.Args[2:])
+	case "boot":
+		err = boot(os.Args[2:])
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "qemu-shim: unknown command %q\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "qemu-shim %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+// defaultGuestDir is $QEMU_SHIM_GUEST_DIR, or the build directory beside
+// the binary when run from a checkout, or the installed location.
+func defaultGuestDir() string {
+	if d := os.Getenv("QEMU_SHIM_GUEST_DIR"); d != "" {
+		return d
+	}
+	if exe, err := os.Executable(); err == nil {
+		d := filepath.Join(filepath.Dir(exe), "..", "build", "guest")
+		if _, err := os.Stat(d); err == nil {
+			return filepath.Clean(d)
+		}
+	}
+	return "/usr/local/share/qemu-shim"
+}
+
+func check(args []string) error {
+	fs := flag.NewFlagSet("check", flag.ExitOnError)
+	guestDir := fs.String("guest-dir", defaultGuestDir(), "directory of the guest kernel and initramfs")
+	qemu := fs.String("qemu", "qemu-system-x86_64", "QEMU binary")
+	fs.Parse(args)
+	results := hostcheck.Run(hostcheck.Options{QEMU: *qemu, GuestDir: *guestDir})
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	failed := 0
+	for _, r := range results {
+		fmt.Fprintf(w, "%s\t%s\t%s\n", r.Level, r.Name, r.Detail)
+		if r.Fix != "" {
+			fmt.Fprintf(w, "\t\tfix: %s\n", r.Fix)
+		}
+		if r.Level == hostcheck.Fail {
+			failed++
+		}
+	}
+	w.Flush()
+	if failed > 0 {
+		return fmt.Errorf("%d check(s) failed", failed)
+	}
+	return nil
+}

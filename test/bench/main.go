@@ -1,0 +1,205 @@
+// Command bench measures qemu-shim against its baselines in one run and
+// prints medians, the spread (min–max) and the ratios:
+//   - boot: QEMU launch → agent answers, beside QEMU launch → a trivial
+//     /init runs on the same kernel and machine (the floor); QEMU's RSS.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/qemu-shim/qemu-shim/test/guestimage"
+	"github.com/qemu-shim/qemu-shim/vm"
+)
+
+func main() {
+	guestDir := flag.String("guest-dir", guestimage.Dir(), "guest image directory")
+	runs := flag.Int("n", 7, "runs of each measurement")
+	flag.Parse()
+	log.SetLevel("warn")
+	if err := run(*guestDir, *runs); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(guestDir string, runs int) error {
+	os.Setenv("QEMU_SHIM_GUEST_DIR", guestDir)
+	img, err := guestimage.Find()
+	if err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "qemu-shim-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	bare, err := buildBareInitrd(work)
+	if err != nil {
+		return err
+	}
+
+	var floor, ours, guestUp, rss []float64
+	accel := ""
+	for i := 0; i < runs; i++ {
+		// Alternate, so that drifting machine load hits both alike.
+		d, err := bareBoot(work, img.Kernel, bare, i)
+		if err != nil {
+			return fmt.Errorf("bare boot: %w", err)
+		}
+		floor = append(floor, d.Seconds())
+		r, err := agentBoot(work, img, i)
+		if err != nil {
+			return fmt.Errorf("agent boot: %w", err)
+		}
+		ours = append(ours, r.ready.Seconds())
+		guestUp = append(guestUp, r.uptime.Seconds())
+		rss = append(rss, float64(r.rssKiB)/1024)
+		accel = r.accel
+	}
+	fmt.Printf("qemu-shim bench: %d runs each, accel %s, kernel %s\n\n", runs, accel, img.KernelVersion)
+	fmt.Printf("%-44s %10s %21s\n", "measurement", "median", "min – max")
+	row("boot floor: launch → trivial /init (s)", floor)
+	row("qemu-shim: launch → agent answers (s)", ours)
+	row("  guest uptime when the agent answered (s)", guestUp)
+	row("QEMU RSS after boot (MiB)", rss)
+	fmt.Printf("\nratio agent-ready / floor: %.3f (target ≤ 1.15)\n", median(ours)/median(floor))
+	return nil
+}
+
+func row(name string, v []float64) {
+	fmt.Printf("%-44s %10.3f %10.3f – %8.3f\n", name, median(v), slices.Min(v), slices.Max(v))
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// buildBareInitrd compiles bareinit and packs it as /init.
+func buildBareInitrd(work string) (string, error) {
+	root := filepath.Join(work, "bare-root")
+	if err := os.MkdirAll(filepath.Join(root, "dev"), 0o755); err != nil {
+		return "", err
+	}
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(root, "init"), "./test/bench/bareinit")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build bareinit: %v: %s", err, out)
+	}
+	out := filepath.Join(work, "bare.cpio")
+	pack := exec.Command("sh", "-c", "find . -mindepth 1 | LC_ALL=C sort | cpio --create --format=newc --quiet > "+out)
+	pack.Dir = root
+	if b, err := pack.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("pack bare initrd: %v: %s", err, b)
+	}
+	return out, nil
+}
+
+// bareBoot launches QEMU exactly as the driver would, but with the trivial
+// init, and times launch → its line on the console.
+func bareBoot(work, kernel, initrd string, i int) (time.Duration, error) {
+	inst, err := vm.New(vm.Config{ID: "bare" + strconv.Itoa(i), StateRoot: work, Kernel: kernel, Initrd: initrd})
+	if err != nil {
+		return 0, err
+	}
+	args, err := inst.CommandLine()
+	if err != nil {
+		return 0, err
+	}
+	dir := inst.StateDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	console := filepath.Join(dir, "console.sock")
+	for j, a := range args {
+		if strings.HasPrefix(a, "file,id=console,") {
+			args[j] = "socket,id=console,path=" + console + ",server=on,wait=off"
+		}
+	}
+	start := time.Now()
+	cmd := exec.Command("qemu-system-x86_64", args...)
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	var conn net.Conn
+	for deadline := start.Add(10 * time.Second); ; {
+		if conn, err = net.Dial("unix", console); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return 0, err
+		}
+		time.Sleep(time.Millisecond)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(start.Add(60 * time.Second))
+	sc := bufio.NewScanner(conn)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), "BARE-INIT-READY") {
+			return time.Since(start), nil
+		}
+	}
+	return 0, fmt.Errorf("no line from the trivial init: %v", sc.Err())
+}
+
+type bootResult struct {
+	ready, uptime time.Duration
+	rssKiB        int
+	accel         string
+}
+
+func agentBoot(work string, img guestimage.Image, i int) (bootResult, error) {
+	inst, err := vm.New(vm.Config{ID: "agent" + strconv.Itoa(i), StateRoot: work, Kernel: img.Kernel, Initrd: img.Initrd, Tools: img.Tools})
+	if err != nil {
+		return bootResult{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := inst.Start(ctx); err != nil {
+		return bootResult{}, err
+	}
+	r := bootResult{ready: time.Since(start), accel: string(inst.Accel())}
+	defer inst.Shutdown(ctx)
+	info, err := inst.Info(ctx)
+	if err != nil {
+		return r, err
+	}
+	r.uptime = time.Duration(info.UptimeNs)
+	r.rssKiB = rssKiB(inst.Pid())
+	return r, nil
+}
+
+func rssKiB(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+			return n
+		}
+	}
+	return 0
+}
