@@ -20,6 +20,7 @@ import (
 	"github.com/qemu-shim/qemu-shim/internal/transport/serial"
 	"github.com/qemu-shim/qemu-shim/internal/transport/vsock"
 	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
+	"github.com/qemu-shim/qemu-shim/task/conn"
 	"github.com/qemu-shim/qemu-shim/vm/cmdline"
 	"github.com/qemu-shim/qemu-shim/vm/qmp"
 )
@@ -119,12 +120,25 @@ func (i *Instance) Agent() agentapi.AgentService { return i.agent }
 // Client is the TTRPC client to the agent, for the other services it serves.
 func (i *Instance) Client() *ttrpc.Client { return i.client }
 
-// Dial opens a new logical connection to the agent (for a stdio stream).
-func (i *Instance) Dial(ctx context.Context) (net.Conn, error) {
+// DialStream opens a named stdio stream to the agent; Create and Exec
+// refer to it as conn.StreamPrefix + name.
+func (i *Instance) DialStream(ctx context.Context, name string) (net.Conn, error) {
 	if err := i.state.require(i.cfg.ID, "open a stream", StateRunning); err != nil {
 		return nil, err
 	}
-	return i.host.Dial(ctx)
+	return i.dial(ctx, conn.KindStream, name)
+}
+
+func (i *Instance) dial(ctx context.Context, kind byte, name string) (net.Conn, error) {
+	c, err := i.host.Dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := conn.WriteHeader(c, kind, name); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("vm %s: open stream %q: %w", i.cfg.ID, name, err)
+	}
+	return c, nil
 }
 
 // Start launches QEMU and returns once the agent answers. On failure
@@ -314,12 +328,26 @@ func (i *Instance) connectAgent(ctx context.Context) error {
 		}
 		i.host = h
 	}
-	conn, err := i.host.Dial(ctx)
+	c, err := i.dial(ctx, conn.KindTTRPC, "")
 	if err != nil {
 		return err
 	}
-	i.client = ttrpc.NewClient(conn)
+	i.client = ttrpc.NewClient(c)
 	i.agent = agentapi.NewAgentClient(i.client)
+	return nil
+}
+
+// Reconnect drops the connection to the agent and makes a new one, as a
+// restarted shim would. The old Client must no longer be used.
+func (i *Instance) Reconnect(ctx context.Context) error {
+	if err := i.state.require(i.cfg.ID, "reconnect", StateRunning); err != nil {
+		return err
+	}
+	i.client.Close()
+	i.host.Close()
+	if err := i.connectAgent(ctx); err != nil {
+		return fmt.Errorf("vm %s: reconnect: %w", i.cfg.ID, err)
+	}
 	return nil
 }
 

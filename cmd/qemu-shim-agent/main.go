@@ -13,7 +13,9 @@ import (
 	"sync"
 	"time"
 
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/pkg/sys/reaper"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
@@ -22,16 +24,20 @@ import (
 	"github.com/qemu-shim/qemu-shim/guest/boot"
 	"github.com/qemu-shim/qemu-shim/guest/hotplug"
 	"github.com/qemu-shim/qemu-shim/guest/kmod"
+	"github.com/qemu-shim/qemu-shim/guest/task"
 	"github.com/qemu-shim/qemu-shim/internal/transport"
 	"github.com/qemu-shim/qemu-shim/internal/transport/serial"
 	"github.com/qemu-shim/qemu-shim/internal/transport/vsock"
 	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
+	"github.com/qemu-shim/qemu-shim/task/conn"
+	eventsapi "github.com/qemu-shim/qemu-shim/task/events/v1"
 )
 
 const (
-	modulesRoot = "/lib/modules"
-	mountRoot   = "/run/qemu-shim/mounts"
-	portWait    = 10 * time.Second
+	modulesRoot    = "/lib/modules"
+	mountRoot      = "/run/qemu-shim/mounts"
+	containersRoot = "/run/qemu-shim/containers"
+	portWait       = 10 * time.Second
 )
 
 func main() {
@@ -144,10 +150,21 @@ func run(ctx context.Context) error {
 	}
 	step("listening")
 	l = &firstAcceptListener{Listener: l, first: firstConn}
-	server, err := ttrpc.NewServer()
+	demux := conn.NewDemux(l)
+	server, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(grpcErrors))
 	if err != nil {
 		return err
 	}
+	events := task.NewEventLog(task.DefaultEventRetention)
+	taskAPI.RegisterTTRPCTaskService(server, task.New(ctx, task.Config{
+		Runc:      filepath.Join(agentapi.ToolsMountPoint, "runc"),
+		Root:      containersRoot,
+		SysfsRoot: "/sys",
+		Streams:   demux,
+		Events:    events,
+		Ready:     modulesReady,
+	}))
+	eventsapi.RegisterEventsService(server, events)
 	svc := &agent.Service{
 		SysfsRoot:    "/sys",
 		MountRoot:    mountRoot,
@@ -186,7 +203,7 @@ func run(ctx context.Context) error {
 		}
 	}()
 	log.G(ctx).WithField("transport", kind).Debug("agent serving")
-	return server.Serve(ctx, l)
+	return server.Serve(ctx, demux.Listener())
 }
 
 func listen(kind transport.Kind) (net.Listener, error) {
@@ -227,4 +244,11 @@ func (l *firstAcceptListener) Accept() (net.Conn, error) {
 		l.once.Do(func() { close(l.first) })
 	}
 	return c, err
+}
+
+// grpcErrors turns errdefs errors into status codes, as containerd's shims
+// do, so that the host gets them back as the same errdefs errors.
+func grpcErrors(ctx context.Context, unmarshal ttrpc.Unmarshaler, _ *ttrpc.UnaryServerInfo, method ttrpc.Method) (interface{}, error) {
+	resp, err := method(ctx, unmarshal)
+	return resp, errgrpc.ToGRPC(err)
 }

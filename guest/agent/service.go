@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/qemu-shim/qemu-shim/guest/blockdev"
 	api "github.com/qemu-shim/qemu-shim/task/agent/v1"
 )
 
@@ -86,7 +87,27 @@ func (s *Service) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoRespon
 	if s.Timeline != nil {
 		resp.BootTimeline = s.Timeline()
 	}
+	resp.Mounts = ownMounts()
 	return resp, nil
+}
+
+// ownMountsPrefix is where everything the agent mounts lives.
+const ownMountsPrefix = "/run/qemu-shim/"
+
+// ownMounts lists the agent's mount points, from /proc/self/mountinfo.
+func ownMounts() []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], ownMountsPrefix) {
+			out = append(out, f[4])
+		}
+	}
+	return out
 }
 
 func memTotal() (uint64, error) {
@@ -106,6 +127,22 @@ func memTotal() (uint64, error) {
 		}
 	}
 	return 0, errors.New("no MemTotal in /proc/meminfo")
+}
+
+func blockDevices(sysfs string) []*api.BlockDevice {
+	var out []*api.BlockDevice
+	for _, d := range blockdev.List(sysfs) {
+		out = append(out, &api.BlockDevice{Name: d.Name, Serial: d.Serial, SizeBytes: d.SizeBytes, ReadOnly: d.ReadOnly})
+	}
+	return out
+}
+
+func readTrim(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // onlineCPUs counts the CPUs in /sys/devices/system/cpu/online ("0-2,4").
@@ -141,9 +178,6 @@ func (s *Service) MountBlock(ctx context.Context, req *api.MountBlockRequest) (*
 	if !validName.MatchString(req.Name) {
 		return nil, fmt.Errorf("mount name %q: want 1-64 letters, digits, '.', '_' or '-': %w", req.Name, errdefs.ErrInvalidArgument)
 	}
-	if req.Serial == "" || len(req.Serial) > 20 {
-		return nil, fmt.Errorf("disk serial %q: want 1-20 characters: %w", req.Serial, errdefs.ErrInvalidArgument)
-	}
 	if !mountableFilesystems[req.Fstype] {
 		return nil, fmt.Errorf("filesystem type %q cannot be mounted: %w", req.Fstype, errdefs.ErrInvalidArgument)
 	}
@@ -154,10 +188,11 @@ func (s *Service) MountBlock(ctx context.Context, req *api.MountBlockRequest) (*
 	if err := s.waitModules(ctx); err != nil {
 		return nil, err
 	}
-	dev, err := s.waitForDevice(ctx, req.Serial, wait)
+	d, err := blockdev.Wait(ctx, s.SysfsRoot, req.Serial, wait)
 	if err != nil {
 		return nil, err
 	}
+	dev := d.Path()
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -204,24 +239,6 @@ func (s *Service) waitModules(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
-	}
-}
-
-// waitForDevice waits, up to wait, for a hot-plugged disk to show up.
-func (s *Service) waitForDevice(ctx context.Context, serial string, wait time.Duration) (string, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		if dev, ok := deviceBySerial(s.SysfsRoot, serial); ok {
-			return dev, nil
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("no disk with serial %q: %w", serial, errdefs.ErrNotFound)
-		}
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
 	}
 }
 
@@ -289,10 +306,11 @@ func (s *Service) ReadFile(ctx context.Context, req *api.ReadFileRequest) (*api.
 // MountTools mounts the tools disk read-only at api.ToolsMountPoint, waiting
 // up to wait for it to appear.
 func (s *Service) MountTools(ctx context.Context, wait time.Duration) error {
-	dev, err := s.waitForDevice(ctx, api.ToolsDiskSerial, wait)
+	d, err := blockdev.Wait(ctx, s.SysfsRoot, api.ToolsDiskSerial, wait)
 	if err != nil {
 		return fmt.Errorf("tools disk: %w", err)
 	}
+	dev := d.Path()
 	if err := os.MkdirAll(api.ToolsMountPoint, 0o755); err != nil {
 		return err
 	}

@@ -75,7 +75,9 @@ type InfoResponse struct {
 	Transport     string         `protobuf:"bytes,8,opt,name=transport,proto3" json:"transport,omitempty"`
 	// boot_timeline_ns is the guest's CLOCK_BOOTTIME at each step of the
 	// agent's start, in order ("init", "mounted", ...): where boot time goes.
-	BootTimeline  []*BootStep `protobuf:"bytes,9,rep,name=boot_timeline,json=bootTimeline,proto3" json:"boot_timeline,omitempty"`
+	BootTimeline []*BootStep `protobuf:"bytes,9,rep,name=boot_timeline,json=bootTimeline,proto3" json:"boot_timeline,omitempty"`
+	// mounts are the agent's own mount points (disks, container roots).
+	Mounts        []string `protobuf:"bytes,10,rep,name=mounts,proto3" json:"mounts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -169,6 +171,13 @@ func (x *InfoResponse) GetTransport() string {
 func (x *InfoResponse) GetBootTimeline() []*BootStep {
 	if x != nil {
 		return x.BootTimeline
+	}
+	return nil
+}
+
+func (x *InfoResponse) GetMounts() []string {
+	if x != nil {
+		return x.Mounts
 	}
 	return nil
 }
@@ -631,7 +640,7 @@ var File_task_agent_v1_agent_proto protoreflect.FileDescriptor
 const file_task_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x19task/agent/v1/agent.proto\x12\x11qemushim.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\"\r\n" +
-	"\vInfoRequest\"\x92\x03\n" +
+	"\vInfoRequest\"\xaa\x03\n" +
 	"\fInfoResponse\x12%\n" +
 	"\x0ekernel_release\x18\x01 \x01(\tR\rkernelRelease\x12\x1f\n" +
 	"\vcpus_online\x18\x02 \x01(\rR\n" +
@@ -642,7 +651,9 @@ const file_task_agent_v1_agent_proto_rawDesc = "" +
 	"\x0emodules_loaded\x18\x06 \x03(\tR\rmodulesLoaded\x12C\n" +
 	"\rblock_devices\x18\a \x03(\v2\x1e.qemushim.agent.v1.BlockDeviceR\fblockDevices\x12\x1c\n" +
 	"\ttransport\x18\b \x01(\tR\ttransport\x12@\n" +
-	"\rboot_timeline\x18\t \x03(\v2\x1b.qemushim.agent.v1.BootStepR\fbootTimeline\"3\n" +
+	"\rboot_timeline\x18\t \x03(\v2\x1b.qemushim.agent.v1.BootStepR\fbootTimeline\x12\x16\n" +
+	"\x06mounts\x18\n" +
+	" \x03(\tR\x06mounts\"3\n" +
 	"\bBootStep\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x13\n" +
 	"\x05at_ns\x18\x02 \x01(\x04R\x04atNs\"u\n" +

@@ -1,0 +1,37 @@
+package blockdev
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+)
+
+func TestFindBySerial(t *testing.T) {
+	sys := t.TempDir()
+	for name, attrs := range map[string][3]string{"vda": {"qs-tools", "2048", "1"}, "vdb": {"root", "4096", "0"}} {
+		d := filepath.Join(sys, "block", name)
+		os.MkdirAll(d, 0o755)
+		os.WriteFile(filepath.Join(d, "serial"), []byte(attrs[0]+"\n"), 0o644)
+		os.WriteFile(filepath.Join(d, "size"), []byte(attrs[1]+"\n"), 0o644)
+		os.WriteFile(filepath.Join(d, "ro"), []byte(attrs[2]+"\n"), 0o644)
+	}
+	d, ok := Find(sys, "root")
+	if !ok || d.Path() != "/dev/vdb" || d.SizeBytes != 4096*512 || d.ReadOnly {
+		t.Fatalf("got %+v %v", d, ok)
+	}
+	if d, _ := Find(sys, "qs-tools"); !d.ReadOnly {
+		t.Error("vda should be read-only")
+	}
+	_, err := Wait(context.Background(), sys, "nope", 20*time.Millisecond)
+	if !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("missing disk: %v", err)
+	}
+	if _, err := Wait(context.Background(), sys, "", time.Second); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("empty serial: %v", err)
+	}
+}

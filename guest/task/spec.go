@@ -1,0 +1,107 @@
+package task
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// SpecTypeURL marks CreateTaskRequest.Options that carry the bundle's
+// config.json (the guest cannot read the host's bundle).
+const SpecTypeURL = "qemu-shim.dev/opencontainers/runtime-spec/config.json"
+
+// maxSpecSize bounds a config.json from the host.
+const maxSpecSize = 1 << 20
+
+// CgroupParent is the guest cgroup that holds every container's.
+const CgroupParent = "/qemu-shim"
+
+// SpecAny wraps a config.json for CreateTaskRequest.Options.
+func SpecAny(configJSON []byte) *anypb.Any {
+	return &anypb.Any{TypeUrl: SpecTypeURL, Value: configJSON}
+}
+
+// decodeSpec reads the spec out of CreateTaskRequest.Options.
+func decodeSpec(a *anypb.Any) (*specs.Spec, error) {
+	if a == nil || a.TypeUrl != SpecTypeURL {
+		return nil, fmt.Errorf("create needs the bundle's config.json in options (type %s): %w", SpecTypeURL, errdefs.ErrInvalidArgument)
+	}
+	if len(a.Value) > maxSpecSize {
+		return nil, fmt.Errorf("config.json of %d bytes is over %d: %w", len(a.Value), maxSpecSize, errdefs.ErrInvalidArgument)
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(a.Value, &s); err != nil {
+		return nil, fmt.Errorf("config.json: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if s.Process == nil {
+		return nil, fmt.Errorf("config.json has no process: %w", errdefs.ErrInvalidArgument)
+	}
+	if s.Linux == nil {
+		s.Linux = &specs.Linux{}
+	}
+	return &s, nil
+}
+
+// adaptSpec turns a host's spec into one that runs in this guest: the root
+// is the rootfs assembled here, the cgroup is below CgroupParent, and what
+// names host objects (namespace paths, hooks, bind mounts of host files)
+// is left out, since the guest has none of them.
+func adaptSpec(ctx context.Context, id string, s *specs.Spec) {
+	l := log.G(ctx).WithField("container", id)
+	readonly := s.Root != nil && s.Root.Readonly
+	s.Root = &specs.Root{Path: "rootfs", Readonly: readonly}
+	s.Linux.CgroupsPath = path.Join(CgroupParent, id)
+
+	var nss []specs.LinuxNamespace
+	hasCgroupNS := false
+	for _, ns := range s.Linux.Namespaces {
+		if ns.Path != "" {
+			l.WithField("namespace", ns.Type).WithField("path", ns.Path).Info("host namespace path has no meaning in the guest: sharing the VM's")
+			continue
+		}
+		if ns.Type == specs.CgroupNamespace {
+			hasCgroupNS = true
+		}
+		nss = append(nss, ns)
+	}
+	if !hasCgroupNS {
+		// Without it the container would see the guest's whole hierarchy.
+		nss = append(nss, specs.LinuxNamespace{Type: specs.CgroupNamespace})
+	}
+	s.Linux.Namespaces = nss
+
+	if s.Hooks != nil {
+		l.Info("OCI hooks name host binaries: not run in the guest")
+		s.Hooks = nil
+	}
+	var mounts []specs.Mount
+	for _, m := range s.Mounts {
+		if isBind(m) {
+			if _, err := os.Stat(m.Source); err != nil {
+				l.WithField("source", m.Source).WithField("destination", m.Destination).Warn("bind mount source is not in the guest: left out")
+				continue
+			}
+		}
+		mounts = append(mounts, m)
+	}
+	s.Mounts = mounts
+}
+
+func isBind(m specs.Mount) bool {
+	if m.Type == "bind" {
+		return true
+	}
+	for _, o := range m.Options {
+		if o == "bind" || o == "rbind" {
+			return true
+		}
+	}
+	return false
+}
