@@ -2,6 +2,8 @@
 // prints medians, the spread (min–max) and the ratios:
 //   - boot: QEMU launch → agent answers, beside QEMU launch → a trivial
 //     /init runs on the same kernel and machine (the floor); QEMU's RSS.
+//   - containers: create+start of `true` and an exec round trip through
+//     the agent, beside the same runc on the host.
 package main
 
 import (
@@ -26,16 +28,17 @@ import (
 
 func main() {
 	guestDir := flag.String("guest-dir", guestimage.Dir(), "guest image directory")
+	runcPath := flag.String("runc", "build/runc", "runc binary for the host baseline")
 	runs := flag.Int("n", 7, "runs of each measurement")
 	flag.Parse()
 	log.SetLevel("warn")
-	if err := run(*guestDir, *runs); err != nil {
+	if err := run(*guestDir, *runcPath, *runs); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(guestDir string, runs int) error {
+func run(guestDir, runcPath string, runs int) error {
 	os.Setenv("QEMU_SHIM_GUEST_DIR", guestDir)
 	img, err := guestimage.Find()
 	if err != nil {
@@ -75,7 +78,17 @@ func run(guestDir string, runs int) error {
 	row("qemu-shim: launch → agent answers (s)", ours)
 	row("  guest uptime when the agent answered (s)", guestUp)
 	row("QEMU RSS after boot (MiB)", rss)
-	fmt.Printf("\nratio agent-ready / floor: %.3f (target ≤ 1.15)\n", median(ours)/median(floor))
+	fmt.Printf("ratio agent-ready / floor: %.3f (target ≤ 1.15)\n\n", median(ours)/median(floor))
+
+	gc, ge, hc, he, err := containerLatencies(work, img, runcPath, runs)
+	if err != nil {
+		return fmt.Errorf("container latencies: %w", err)
+	}
+	row("guest: create+start `true` via agent (s)", gc)
+	row("host:  create+start `true`, same runc (s)", hc)
+	row("guest: exec `true` round trip via agent (s)", ge)
+	row("host:  exec `true`, same runc (s)", he)
+	fmt.Printf("ratio create+start guest / host: %.2f; exec guest / host: %.2f\n", median(gc)/median(hc), median(ge)/median(he))
 	return nil
 }
 
