@@ -1,0 +1,226 @@
+package config
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/pelletier/go-toml/v2"
+)
+
+//go:embed default.toml
+var defaultTOML []byte
+
+// EnvPath names the environment variable with the config file's path.
+const EnvPath = "QEMU_SHIM_CONFIG"
+
+// DefaultPath is read when it exists and nothing else names a file.
+const DefaultPath = "/etc/qemu-shim/config.toml"
+
+// Config is the shim's configuration.
+type Config struct {
+	VM     VM     `toml:"vm"`
+	Rootfs Rootfs `toml:"rootfs"`
+}
+
+// VM configures each VM.
+type VM struct {
+	Kernel       string   `toml:"kernel"`
+	Initrd       string   `toml:"initrd"`
+	Tools        string   `toml:"tools"`
+	QEMU         string   `toml:"qemu"`
+	Accel        string   `toml:"accel"`
+	Transport    string   `toml:"transport"`
+	CPUs         int      `toml:"cpus"`
+	MaxCPUs      int      `toml:"max_cpus"`
+	MemoryMiB    int      `toml:"memory_mib"`
+	MaxMemoryMiB int      `toml:"max_memory_mib"`
+	BootTimeout  Duration `toml:"boot_timeout"`
+	StateRoot    string   `toml:"state_root"`
+	KernelParams []string `toml:"kernel_params"`
+	Debug        bool     `toml:"debug"`
+}
+
+// Rootfs configures how snapshots become disks.
+type Rootfs struct {
+	LayerCache   string `toml:"layer_cache"`
+	UpperSizeMiB int    `toml:"upper_size_mib"`
+}
+
+// Duration is a time.Duration written as "90s".
+type Duration struct{ time.Duration }
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Default returns the embedded defaults.
+func Default() Config {
+	var c Config
+	if err := toml.Unmarshal(defaultTOML, &c); err != nil {
+		panic(fmt.Sprintf("embedded default config: %v", err))
+	}
+	return c
+}
+
+// DefaultTOML is the documented default file.
+func DefaultTOML() []byte { return defaultTOML }
+
+// Load reads path over the defaults ("" finds the file as the defaults
+// describe; a missing default file is fine, a missing named one is not).
+func Load(path string) (Config, error) {
+	c := Default()
+	if path == "" {
+		path = os.Getenv(EnvPath)
+	}
+	if path == "" {
+		if _, err := os.Stat(DefaultPath); err != nil {
+			return c, c.Validate()
+		}
+		path = DefaultPath
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("qemu-shim config: %w", err)
+	}
+	dec := toml.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		var derr *toml.DecodeError
+		var serr *toml.StrictMissingError
+		switch {
+		case errors.As(err, &serr):
+			return c, fmt.Errorf("qemu-shim config %s: %s: %w", path, serr.String(), errdefs.ErrInvalidArgument)
+		case errors.As(err, &derr):
+			row, col := derr.Position()
+			return c, fmt.Errorf("qemu-shim config %s:%d:%d: %v: %w", path, row, col, err, errdefs.ErrInvalidArgument)
+		}
+		return c, fmt.Errorf("qemu-shim config %s: %v: %w", path, err, errdefs.ErrInvalidArgument)
+	}
+	if err := c.Validate(); err != nil {
+		return c, fmt.Errorf("qemu-shim config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Validate checks ranges.
+func (c *Config) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf(format+": %w", append(args, errdefs.ErrInvalidArgument)...)
+	}
+	v := c.VM
+	switch {
+	case v.CPUs < 1 || v.CPUs > 255:
+		return bad("vm.cpus %d: want 1-255", v.CPUs)
+	case v.MaxCPUs < v.CPUs || v.MaxCPUs > 255:
+		return bad("vm.max_cpus %d: want %d-255", v.MaxCPUs, v.CPUs)
+	case v.MemoryMiB < 128:
+		return bad("vm.memory_mib %d: want at least 128", v.MemoryMiB)
+	case v.MaxMemoryMiB < v.MemoryMiB:
+		return bad("vm.max_memory_mib %d is below vm.memory_mib %d", v.MaxMemoryMiB, v.MemoryMiB)
+	case v.Accel != "auto" && v.Accel != "kvm" && v.Accel != "tcg":
+		return bad("vm.accel %q: want auto, kvm or tcg", v.Accel)
+	case v.Transport != "auto" && v.Transport != "vsock" && v.Transport != "serial":
+		return bad("vm.transport %q: want auto, vsock or serial", v.Transport)
+	case v.BootTimeout.Duration <= 0:
+		return bad("vm.boot_timeout %v: want a positive duration", v.BootTimeout)
+	case c.Rootfs.UpperSizeMiB < 16:
+		return bad("rootfs.upper_size_mib %d: want at least 16", c.Rootfs.UpperSizeMiB)
+	}
+	return nil
+}
+
+// AnnotationPrefix starts every annotation the shim reads.
+const AnnotationPrefix = "io.qemu-shim."
+
+// Annotations that override the configuration for one VM.
+const (
+	AnnotationCPUs         = AnnotationPrefix + "vm.cpus"
+	AnnotationMaxCPUs      = AnnotationPrefix + "vm.max_cpus"
+	AnnotationMemoryMiB    = AnnotationPrefix + "vm.memory_mib"
+	AnnotationKernelParams = AnnotationPrefix + "vm.kernel_params"
+	AnnotationDebug        = AnnotationPrefix + "vm.debug"
+)
+
+// ApplyAnnotations applies a container's io.qemu-shim.* annotations; an
+// unknown key or a bad value is an error naming it.
+func (c *Config) ApplyAnnotations(annotations map[string]string) error {
+	for k, v := range annotations {
+		if !strings.HasPrefix(k, AnnotationPrefix) {
+			continue
+		}
+		bad := func(want string) error {
+			return fmt.Errorf("annotation %s=%q: want %s: %w", k, v, want, errdefs.ErrInvalidArgument)
+		}
+		switch k {
+		case AnnotationCPUs, AnnotationMaxCPUs, AnnotationMemoryMiB:
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return bad("a positive whole number")
+			}
+			switch k {
+			case AnnotationCPUs:
+				c.VM.CPUs = n
+				c.VM.MaxCPUs = max(c.VM.MaxCPUs, n)
+			case AnnotationMaxCPUs:
+				c.VM.MaxCPUs = n
+			case AnnotationMemoryMiB:
+				c.VM.MemoryMiB = n
+				c.VM.MaxMemoryMiB = max(c.VM.MaxMemoryMiB, n)
+			}
+		case AnnotationKernelParams:
+			c.VM.KernelParams = append(c.VM.KernelParams, strings.Fields(v)...)
+		case AnnotationDebug:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return bad("true or false")
+			}
+			c.VM.Debug = b
+		default:
+			return fmt.Errorf("unknown annotation %s (known: %s, %s, %s, %s, %s): %w", k,
+				AnnotationCPUs, AnnotationMaxCPUs, AnnotationMemoryMiB, AnnotationKernelParams, AnnotationDebug, errdefs.ErrInvalidArgument)
+		}
+	}
+	return c.Validate()
+}
+
+// Size is what a container's resources ask of its VM.
+type Size struct {
+	// CPUs is the CPU quota rounded up (0: no limit).
+	CPUs int
+	// MemoryMiB is the memory limit rounded up (0: no limit).
+	MemoryMiB int
+}
+
+// SizeOf reads a container's CPU quota and memory limit.
+func SizeOf(r *specs.LinuxResources) Size {
+	var s Size
+	if r == nil {
+		return s
+	}
+	if cpu := r.CPU; cpu != nil && cpu.Quota != nil && *cpu.Quota > 0 {
+		period := uint64(100000)
+		if cpu.Period != nil && *cpu.Period > 0 {
+			period = *cpu.Period
+		}
+		s.CPUs = int(math.Ceil(float64(*cpu.Quota) / float64(period)))
+	}
+	if m := r.Memory; m != nil && m.Limit != nil && *m.Limit > 0 {
+		s.MemoryMiB = int((*m.Limit + (1<<20 - 1)) >> 20)
+	}
+	return s
+}

@@ -1,0 +1,59 @@
+package rootfs
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/errdefs"
+)
+
+func TestOverlayBecomesErofsAndExt4(t *testing.T) {
+	if _, err := os.Stat("/usr/bin/mkfs.erofs"); err != nil {
+		t.Skip("skipping: mkfs.erofs missing (make deps)")
+	}
+	dir := t.TempDir()
+	for _, l := range []string{"l1", "l2", "upper", "work", "bundle"} {
+		os.MkdirAll(filepath.Join(dir, l), 0o755)
+	}
+	os.WriteFile(filepath.Join(dir, "l1", "a"), []byte("a"), 0o644)
+	os.WriteFile(filepath.Join(dir, "l2", "b"), []byte("b"), 0o644)
+	c := &Converter{LayerCache: filepath.Join(dir, "cache"), UpperSizeMiB: 16}
+	m := &types.Mount{Type: "overlay", Source: "overlay", Options: []string{
+		"index=off", "lowerdir=" + filepath.Join(dir, "l1") + ":" + filepath.Join(dir, "l2"),
+		"upperdir=" + filepath.Join(dir, "upper"), "workdir=" + filepath.Join(dir, "work"),
+	}}
+	ctx := context.Background()
+	disks, err := c.Convert(ctx, filepath.Join(dir, "bundle"), []*types.Mount{m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(disks) != 3 || disks[0].Type != "erofs" || !disks[0].ReadOnly || disks[2].Type != "ext4" || disks[2].ReadOnly || !disks[2].Owned {
+		t.Fatalf("got %+v", disks)
+	}
+	// The second container from the same image reuses the cached layers.
+	st, _ := os.Stat(disks[0].Path)
+	again, err := c.Convert(ctx, filepath.Join(dir, "bundle"), []*types.Mount{m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st2, _ := os.Stat(again[0].Path)
+	if again[0].Path != disks[0].Path || !st.ModTime().Equal(st2.ModTime()) {
+		t.Error("layer image rebuilt instead of reused")
+	}
+}
+
+func TestUnsupportedMountsAreNamed(t *testing.T) {
+	c := &Converter{LayerCache: t.TempDir(), UpperSizeMiB: 16}
+	_, err := c.Convert(context.Background(), t.TempDir(), []*types.Mount{{Type: "nfs", Source: "server:/x"}, {Type: "xfs", Source: "/dev/sdz"}})
+	if !errors.Is(err, errdefs.ErrNotImplemented) || !strings.Contains(err.Error(), `"nfs"`) {
+		t.Errorf("got %v", err)
+	}
+	if _, err := c.Convert(context.Background(), t.TempDir(), nil); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("no mounts: %v", err)
+	}
+}
