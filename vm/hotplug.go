@@ -131,6 +131,20 @@ func (i *Instance) waitGuest(ctx context.Context, what string, cond func(*agenta
 	}
 }
 
+// MaxCPUs is the most vCPUs hot-plug can reach.
+func (i *Instance) MaxCPUs() int { return i.cfg.MaxCPUs }
+
+// MemoryMiB is the memory given to the guest so far: at boot plus plugged.
+func (i *Instance) MemoryMiB() int {
+	i.hp.mu.Lock()
+	defer i.hp.mu.Unlock()
+	total := i.cfg.MemoryMiB
+	for _, d := range i.hp.dimms {
+		total += d.sizeMiB
+	}
+	return total
+}
+
 // Info asks the agent what the guest sees.
 func (i *Instance) Info(ctx context.Context) (*agentapi.InfoResponse, error) {
 	if err := i.state.require(i.cfg.ID, "query the agent", StateRunning); err != nil {

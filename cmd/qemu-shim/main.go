@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"text/tabwriter"
 
+	"github.com/qemu-shim/qemu-shim/internal/busybox"
 	"github.com/qemu-shim/qemu-shim/internal/hostcheck"
 )
 
@@ -17,6 +18,8 @@ const usage = `usage: qemu-shim COMMAND [flags]
 commands:
   check    report what this host has and lacks for qemu-shim, with fixes
   boot     boot a throw-away VM, print what its agent reports, shut it down
+  busybox-image FILE
+           write a small busybox OCI image (docker-archive) for 'ctr images import'
 `
 
 func main() {
@@ -30,6 +33,8 @@ func main() {
 		err = check(os.Args[2:])
 	case "boot":
 		err = boot(os.Args[2:])
+	case "busybox-image":
+		err = busyboxImage(os.Args[2:])
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return
@@ -80,4 +85,23 @@ func check(args []string) error {
 		return fmt.Errorf("%d check(s) failed", failed)
 	}
 	return nil
+}
+
+func busyboxImage(args []string) error {
+	fs := flag.NewFlagSet("busybox-image", flag.ExitOnError)
+	ref := fs.String("ref", busybox.DefaultRef, "image reference to tag it with")
+	fs.Parse(args)
+	if fs.NArg() != 1 {
+		return fmt.Errorf("usage: qemu-shim busybox-image [-ref REF] FILE")
+	}
+	f, err := os.Create(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	if err := busybox.WriteDockerArchive(f, *ref); err != nil {
+		f.Close()
+		os.Remove(fs.Arg(0))
+		return err
+	}
+	return f.Close()
 }

@@ -15,9 +15,9 @@ import (
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/qemu-shim/qemu-shim/internal/busybox"
 	"github.com/qemu-shim/qemu-shim/test/guestimage"
 	"github.com/qemu-shim/qemu-shim/test/rig"
-	"github.com/qemu-shim/qemu-shim/test/testimage"
 	"github.com/qemu-shim/qemu-shim/vm"
 )
 
@@ -103,7 +103,7 @@ func containerLatencies(work string, img guestimage.Image, runcPath string, runs
 // hostRunc is the baseline: the same runc on the host, same busybox rootfs.
 func hostRunc(ctx context.Context, work, runcPath string, runs int) (create, execs []float64, err error) {
 	bundle := filepath.Join(work, "host-bundle")
-	if err = testimage.BusyboxRoot(filepath.Join(bundle, "rootfs")); err != nil {
+	if err = busybox.BusyboxRoot(filepath.Join(bundle, "rootfs")); err != nil {
 		return
 	}
 	logFile := filepath.Join(work, "host-runc.log")

@@ -22,9 +22,9 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	guesttask "github.com/qemu-shim/qemu-shim/guest/task"
+	"github.com/qemu-shim/qemu-shim/internal/busybox"
 	"github.com/qemu-shim/qemu-shim/task/conn"
 	eventsapi "github.com/qemu-shim/qemu-shim/task/events/v1"
-	"github.com/qemu-shim/qemu-shim/test/testimage"
 	"github.com/qemu-shim/qemu-shim/vm"
 )
 
@@ -34,11 +34,11 @@ const LayerSerial = "bbx"
 // BusyboxLayer builds the busybox erofs layer in dir and returns its path.
 func BusyboxLayer(dir string) (string, error) {
 	root := filepath.Join(dir, "busybox")
-	if err := testimage.BusyboxRoot(root); err != nil {
+	if err := busybox.BusyboxRoot(root); err != nil {
 		return "", err
 	}
 	layer := filepath.Join(dir, "busybox.erofs")
-	return layer, testimage.Erofs(root, layer)
+	return layer, busybox.Erofs(root, layer)
 }
 
 // Rig is a running VM with the busybox layer attached at boot (add
@@ -227,7 +227,7 @@ func (r *Rig) Create(ctx context.Context, id string, args []string, o CreateOpts
 // AttachUpper makes and attaches the writable disk of container id.
 func (r *Rig) AttachUpper(ctx context.Context, id string) error {
 	upper := filepath.Join(r.Dir, id+".ext4")
-	if err := testimage.EmptyExt4(upper, 32); err != nil {
+	if err := busybox.EmptyExt4(upper, 32); err != nil {
 		return err
 	}
 	return r.Inst.AttachDisk(ctx, vm.Disk{ID: "u-" + id, Path: upper})

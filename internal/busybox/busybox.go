@@ -1,7 +1,7 @@
-// Package testimage builds the small root filesystems the tests run
+// Package busybox builds the small root filesystems the tests run
 // containers from: Debian's static busybox with its applets, as a
 // directory, an erofs layer, or an OCI image archive.
-package testimage
+package busybox
 
 import (
 	"fmt"

@@ -1,0 +1,180 @@
+package manager
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/v2/defaults"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/log"
+
+	"github.com/qemu-shim/qemu-shim/shim/config"
+	"github.com/qemu-shim/qemu-shim/shim/rootfs"
+	"github.com/qemu-shim/qemu-shim/shim/task"
+	"github.com/qemu-shim/qemu-shim/vm"
+)
+
+// Version is the shim's version.
+var Version = "dev"
+
+// GroupAnnotations put containers into one shim and one VM: the first one
+// present names the group (Kubernetes' sandbox id makes a pod one VM).
+var GroupAnnotations = []string{
+	"io.qemu-shim.group",
+	"io.kubernetes.cri.sandbox-id",
+}
+
+// NewShimManager returns the manager of the runtime called name.
+func NewShimManager(name string) shim.Shim { return &manager{name: name} }
+
+type manager struct{ name string }
+
+func (m *manager) Name() string { return m.name }
+
+// groupOf reads the bundle's config.json (the working directory) for the
+// grouping annotation.
+func groupOf(id string) string {
+	b, err := os.ReadFile("config.json")
+	if err != nil {
+		return id
+	}
+	var s struct {
+		Annotations map[string]string `json:"annotations"`
+	}
+	if json.Unmarshal(b, &s) != nil {
+		return id
+	}
+	for _, k := range GroupAnnotations {
+		if g := s.Annotations[k]; g != "" {
+			return g
+		}
+	}
+	return id
+}
+
+// Start starts the shim daemon for this container's group, or returns the
+// address of the one already running.
+func (m *manager) Start(ctx context.Context, opts *bootapi.BootstrapParams) (_ *bootapi.BootstrapResult, retErr error) {
+	result := &bootapi.BootstrapResult{Version: 3, Protocol: "ttrpc"}
+	id := opts.GetInstanceID()
+	group := groupOf(id)
+
+	socketDir := opts.GetSocketDir()
+	if socketDir == "" {
+		socketDir = filepath.Join(defaults.DefaultStateDir, "s")
+	}
+	address, err := shim.CreateSocketAddress(ctx, socketDir, opts.GetContainerdGrpcAddress(), group, false)
+	if err != nil {
+		return nil, err
+	}
+	socket, err := shim.NewSocket(address)
+	if err != nil {
+		if !shim.SocketEaddrinuse(err) {
+			return nil, fmt.Errorf("create shim socket: %w", err)
+		}
+		if shim.CanConnect(address) {
+			// The group's shim runs already: this container joins its VM.
+			result.Address = address
+			return result, nil
+		}
+		if err := shim.RemoveSocket(address); err != nil {
+			return nil, fmt.Errorf("remove stale shim socket: %w", err)
+		}
+		if socket, err = shim.NewSocket(address); err != nil {
+			return nil, fmt.Errorf("create shim socket: %w", err)
+		}
+	}
+	defer func() {
+		if retErr != nil {
+			socket.Close()
+			shim.RemoveSocket(address)
+		}
+	}()
+	f, err := socket.File()
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+
+	cmd, err := daemonCommand(ctx, id, opts)
+	if err != nil {
+		return nil, err
+	}
+	cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			cmd.Process.Kill()
+		}
+	}()
+	go cmd.Wait()
+	if err := shim.AdjustOOMScore(cmd.Process.Pid); err != nil {
+		log.G(ctx).WithError(err).Warn("adjust the shim's OOM score")
+	}
+	result.Address = address
+	return result, nil
+}
+
+// daemonCommand re-executes this binary as the shim daemon.
+func daemonCommand(ctx context.Context, id string, opts *bootapi.BootstrapParams) (*exec.Cmd, error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"-namespace", ns, "-id", id, "-address", opts.GetContainerdGrpcAddress()}
+	if opts.GetLogLevel() <= bootapi.LogLevel_LOG_LEVEL_DEBUG {
+		args = append(args, "-debug")
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Dir = cwd
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=4")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return cmd, nil
+}
+
+// Stop cleans up after a shim that is gone: its VM's QEMU, if still
+// alive, and the container's writable layer.
+func (m *manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
+	bundle, err := os.Getwd()
+	if err != nil {
+		return shim.StopStatus{}, err
+	}
+	if b, err := os.ReadFile(filepath.Join(bundle, task.VMIDFile)); err == nil {
+		cfg, _ := config.Load("")
+		dir := filepath.Join(cfg.VM.StateRoot, string(b))
+		if pid, err := vm.KillStale(dir); err != nil {
+			log.G(ctx).WithError(err).Warn("end the VM left by the shim")
+		} else if pid != 0 {
+			log.G(ctx).WithField("pid", pid).Warn("ended the QEMU left by the shim")
+			os.RemoveAll(dir)
+		}
+		os.Remove(filepath.Join(bundle, task.VMIDFile))
+	}
+	os.Remove(filepath.Join(bundle, rootfs.UpperImageName))
+	return shim.StopStatus{ExitStatus: 128 + int(syscall.SIGKILL), ExitedAt: time.Now()}, nil
+}
+
+// Info describes the runtime.
+func (m *manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeInfo, error) {
+	return &types.RuntimeInfo{Name: m.name, Version: &types.RuntimeVersion{Version: Version}}, nil
+}
