@@ -9,13 +9,17 @@ GUEST_DIR := build/guest
 # $(GUEST_DIR)/kernel-package.
 GUEST_KERNEL_PACKAGE ?= linux-image-cloud-amd64
 TEST_FLAGS ?=
+# containerd, ctr and the runc shim (the benchmark's baseline), built from
+# containerd's Go module.
+CONTAINERD_VERSION := v2.4.2
+CONTAINERD_BIN     := build/containerd-bin
 
 export GUEST_KERNEL_PACKAGE
 export GOFLAGS := -buildvcs=false
 
 GO_SOURCES := $(shell find . -name '*.go' -not -path './build/*') go.mod go.sum
 
-.PHONY: quickstart all binaries guest deps test unit-test integration-test bench check proto clean help
+.PHONY: quickstart all binaries containerd guest deps test unit-test integration-test bench check proto clean help
 
 all: binaries
 
@@ -27,7 +31,18 @@ help:
 	@echo "make bench      boot and latency benchmarks, with their baselines"
 	@echo "make proto      regenerate task/ API code from .proto files"
 
-binaries: $(BIN)/qemu-shim $(BIN)/qemu-shim-agent
+binaries: $(BIN)/qemu-shim $(BIN)/qemu-shim-agent $(BIN)/containerd-shim-qemu-v1
+
+$(BIN)/containerd-shim-qemu-v1: $(GO_SOURCES)
+	$(GO) build -trimpath -o $@ ./cmd/containerd-shim-qemu-v1
+
+containerd: $(CONTAINERD_BIN)/containerd
+
+$(CONTAINERD_BIN)/containerd:
+	GOBIN=$(CURDIR)/$(CONTAINERD_BIN) $(GO) install \
+		github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD_VERSION) \
+		github.com/containerd/containerd/v2/cmd/ctr@$(CONTAINERD_VERSION) \
+		github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD_VERSION)
 
 $(BIN)/qemu-shim: $(GO_SOURCES)
 	$(GO) build -trimpath -o $@ ./cmd/qemu-shim
@@ -57,11 +72,11 @@ unit-test:
 	$(GO) vet ./...
 	$(GO) test $(TEST_FLAGS) ./...
 
-test: deps binaries guest
+test: deps binaries guest containerd
 	$(GO) vet ./...
 	QEMU_SHIM_INTEGRATION=1 $(GO) test -count=1 -timeout 30m $(TEST_FLAGS) ./...
 
-bench: deps binaries guest
+bench: deps binaries guest containerd
 	$(GO) run ./test/bench -guest-dir $(GUEST_DIR)
 
 proto:
@@ -76,6 +91,7 @@ proto:
 clean:
 	rm -rf $(BIN) build
 
-# The README's first command: everything from a fresh Debian 12 to a VM.
-quickstart: deps binaries guest
-	$(BIN)/qemu-shim boot --guest-dir $(GUEST_DIR)
+# The README's first command: from a fresh Debian 12 to a container in a VM,
+# through a private containerd.
+quickstart: deps binaries guest containerd
+	scripts/quickstart.sh

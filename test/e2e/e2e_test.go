@@ -1,0 +1,344 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// syncBuffer collects output from containerd's copy goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type ctr struct {
+	t         *testing.T
+	container containerd.Container
+	task      containerd.Task
+	out       *syncBuffer
+	exitC     <-chan containerd.ExitStatus
+}
+
+// newContainer creates (not starts) a task in its own VM.
+func newContainer(ctx context.Context, t *testing.T, id string, stdin io.Reader, terminal bool, opts ...oci.SpecOpts) (*ctr, error) {
+	t.Helper()
+	specOpts := append([]oci.SpecOpts{oci.WithImageConfig(env.image)}, opts...)
+	if terminal {
+		specOpts = append(specOpts, oci.WithTTY)
+	}
+	c, err := env.client.NewContainer(ctx, id,
+		containerd.WithImage(env.image),
+		containerd.WithNewSnapshot(id+"-snap", env.image),
+		containerd.WithRuntime(runtimeName, nil),
+		containerd.WithNewSpec(specOpts...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx := context.WithoutCancel(ctx)
+		if task, err := c.Task(ctx, nil); err == nil {
+			task.Kill(ctx, syscall.SIGKILL)
+			task.Delete(ctx, containerd.WithProcessKill)
+		}
+		c.Delete(ctx, containerd.WithSnapshotCleanup)
+	})
+	out := &syncBuffer{}
+	ioOpts := []cio.Opt{cio.WithStreams(stdin, out, out)}
+	if terminal {
+		ioOpts = append(ioOpts, cio.WithTerminal)
+	}
+	task, err := c.NewTask(ctx, cio.NewCreator(ioOpts...))
+	if err != nil {
+		return nil, err
+	}
+	exitC, err := task.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &ctr{t: t, container: c, task: task, out: out, exitC: exitC}, nil
+}
+
+func mustContainer(ctx context.Context, t *testing.T, id string, args ...string) *ctr {
+	t.Helper()
+	c, err := newContainer(ctx, t, id, nil, false, oci.WithProcessArgs(args...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// finish waits for the exit and deletes the task, returning status and output.
+func (c *ctr) finish(ctx context.Context) (uint32, string) {
+	c.t.Helper()
+	var st containerd.ExitStatus
+	select {
+	case st = <-c.exitC:
+	case <-ctx.Done():
+		c.t.Fatalf("no exit: %v", ctx.Err())
+	}
+	if st.Error() != nil {
+		c.t.Fatal(st.Error())
+	}
+	if _, err := c.task.Delete(ctx); err != nil {
+		c.t.Fatal(err)
+	}
+	return st.ExitCode(), c.out.String()
+}
+
+// exec runs args in the container and returns status and output.
+func (c *ctr) exec(ctx context.Context, id string, args ...string) (uint32, string) {
+	c.t.Helper()
+	spec, err := c.container.Spec(ctx)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	pspec := *spec.Process
+	pspec.Args = args
+	pspec.Terminal = false
+	out := &syncBuffer{}
+	p, err := c.task.Exec(ctx, id, &pspec, cio.NewCreator(cio.WithStreams(nil, out, out)))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	exitC, err := p.Wait(ctx)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := p.Start(ctx); err != nil {
+		c.t.Fatal(err)
+	}
+	st := <-exitC
+	if _, err := p.Delete(ctx); err != nil {
+		c.t.Fatal(err)
+	}
+	return st.ExitCode(), out.String()
+}
+
+func TestEchoAndExitCodes(t *testing.T) {
+	ctx := requireEnv(t)
+	status, out := mustContainer(ctx, t, "echo", "echo", "hello from the VM").finish(ctx)
+	if status != 0 || out != "hello from the VM\n" {
+		t.Errorf("exit %d, output %q", status, out)
+	}
+	status, out = mustContainer(ctx, t, "uname", "uname", "-r").finish(ctx)
+	host, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	if strings.TrimSpace(out) == strings.TrimSpace(string(host)) || status != 0 {
+		t.Errorf("container kernel %q (exit %d) is the host's", out, status)
+	}
+	if status, _ := mustContainer(ctx, t, "exit3", "sh", "-c", "exit 3").finish(ctx); status != 3 {
+		t.Errorf("exit %d, want 3", status)
+	}
+}
+
+func TestExecKillPauseUpdate(t *testing.T) {
+	ctx := requireEnv(t)
+	// Mount the container's cgroup, as Kubernetes does, to look at its limits.
+	c, err := newContainer(ctx, t, "sleeper", nil, false, oci.WithProcessArgs("sleep", "1000"),
+		oci.WithMounts([]specs.Mount{{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"ro", "nosuid", "noexec", "nodev"}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	if status, out := c.exec(ctx, "e1", "sh", "-c", "echo from-exec; exit 7"); status != 7 || out != "from-exec\n" {
+		t.Errorf("exec: exit %d, output %q", status, out)
+	}
+	if _, out := c.exec(ctx, "nproc1", "nproc"); strings.TrimSpace(out) != "1" {
+		t.Errorf("nproc before update: %q", out)
+	}
+	memBefore := memTotalKiB(t, c, ctx)
+
+	// Update: 2 CPUs of quota and a 512 MiB limit make the VM grow.
+	quota, period, limit := int64(200000), uint64(100000), int64(512<<20)
+	start := time.Now()
+	if err := c.task.Update(ctx, containerd.WithResources(&specs.LinuxResources{
+		CPU: &specs.LinuxCPU{Quota: &quota, Period: &period}, Memory: &specs.LinuxMemory{Limit: &limit},
+	})); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("update (hot-plug CPU and memory) took %v", time.Since(start))
+	if _, out := c.exec(ctx, "nproc2", "nproc"); strings.TrimSpace(out) != "2" {
+		t.Errorf("nproc after update: %q, want 2", out)
+	}
+	if memAfter := memTotalKiB(t, c, ctx); memAfter < memBefore+400<<10 {
+		t.Errorf("MemTotal %d KiB after update, was %d KiB: want ~512 MiB more", memAfter, memBefore)
+	}
+	if _, out := c.exec(ctx, "cg", "cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cpu.max"); !strings.Contains(out, "536870912") || !strings.Contains(out, "200000 100000") {
+		t.Errorf("container cgroup after update: %q", out)
+	}
+
+	if err := c.task.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := c.task.Status(ctx); err != nil || st.Status != containerd.Paused {
+		t.Errorf("status after pause: %v %v", st.Status, err)
+	}
+	if err := c.task.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := c.task.Status(ctx); err != nil || st.Status != containerd.Running {
+		t.Errorf("status after resume: %v %v", st.Status, err)
+	}
+	if pids, err := c.task.Pids(ctx); err != nil || len(pids) == 0 {
+		t.Errorf("pids: %v %v", pids, err)
+	}
+	if _, err := c.task.Metrics(ctx); err != nil {
+		t.Errorf("metrics: %v", err)
+	}
+
+	if err := c.task.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := c.finish(ctx); status != 137 {
+		t.Errorf("SIGKILL: exit %d, want 137", status)
+	}
+}
+
+func memTotalKiB(t *testing.T, c *ctr, ctx context.Context) int {
+	t.Helper()
+	_, out := c.exec(ctx, "mem"+strconv.FormatInt(time.Now().UnixNano(), 36), "grep", "MemTotal", "/proc/meminfo")
+	f := strings.Fields(out)
+	if len(f) < 2 {
+		t.Fatalf("meminfo: %q", out)
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
+}
+
+func TestStdinAndTTY(t *testing.T) {
+	ctx := requireEnv(t)
+	c, err := newContainer(ctx, t, "cat", strings.NewReader("ping\n"), false, oci.WithProcessArgs("cat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if status, out := c.finish(ctx); status != 0 || out != "ping\n" {
+		t.Errorf("cat: exit %d, output %q", status, out)
+	}
+
+	r, w := io.Pipe()
+	tc, err := newContainer(ctx, t, "tty", r, true, oci.WithProcessArgs("sh", "-c", "read line; stty size"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.task.Resize(ctx, 77, 33); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w, "go\n")
+	status, out := tc.finish(ctx)
+	w.Close()
+	if status != 0 || !strings.Contains(out, "33 77") {
+		t.Errorf("tty: exit %d, output %q: want the size 33 77", status, out)
+	}
+}
+
+func TestTwoContainersAtOnce(t *testing.T) {
+	ctx := requireEnv(t)
+	var wg sync.WaitGroup
+	results := make([]string, 2)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := mustContainer(ctx, t, fmt.Sprintf("twin%d", i), "sh", "-c", fmt.Sprintf("echo twin %d; cat /proc/sys/kernel/random/boot_id", i))
+			_, results[i] = c.finish(ctx)
+		}()
+	}
+	wg.Wait()
+	for i, r := range results {
+		if !strings.HasPrefix(r, fmt.Sprintf("twin %d\n", i)) {
+			t.Errorf("container %d printed %q", i, r)
+		}
+	}
+	// Separate VMs boot separate kernels.
+	if len(results[0]) > 8 && results[0][8:] == results[1][8:] {
+		t.Errorf("both containers report the same kernel boot id: one VM?")
+	}
+}
+
+func TestBadInputGivesClearErrors(t *testing.T) {
+	ctx := requireEnv(t)
+	_, err := newContainer(ctx, t, "badannotation", nil, false, oci.WithProcessArgs("true"), oci.WithAnnotations(map[string]string{"io.qemu-shim.vm.cpus": "lots"}))
+	if err == nil || !strings.Contains(err.Error(), "io.qemu-shim.vm.cpus") {
+		t.Errorf("bad annotation: %v", err)
+	}
+
+	// A configuration naming a kernel that is not there, through ctr run.
+	cfg := filepath.Join(env.work, "nokernel.toml")
+	os.WriteFile(cfg, []byte("[vm]\nkernel = \"/nonexistent/vmlinux\"\n"), 0o644)
+	c, err := env.client.NewContainer(ctx, "nokernel", containerd.WithImage(env.image),
+		containerd.WithNewSnapshot("nokernel-snap", env.image),
+		containerd.WithRuntime(runtimeName, &runtimeoptions.Options{ConfigPath: cfg}),
+		containerd.WithNewSpec(oci.WithImageConfig(env.image), oci.WithProcessArgs("true")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Delete(context.WithoutCancel(ctx), containerd.WithSnapshotCleanup)
+	_, err = c.NewTask(ctx, cio.NullIO)
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent/vmlinux") {
+		t.Errorf("missing kernel: %v", err)
+	}
+
+	out, err := ctrCommand(ctx, "run", "--rm", "--runtime", runtimeName, "--annotation", "io.qemu-shim.vm.memory_mib=-5", "qemu-shim.dev/busybox:latest", "ctr-bad", "true").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "io.qemu-shim.vm.memory_mib") {
+		t.Errorf("ctr run with a bad annotation: %v: %s", err, out)
+	}
+}
+
+// TestZZNothingLeftBehind runs last (tests run in source order).
+func TestZZNothingLeftBehind(t *testing.T) {
+	requireEnv(t)
+	if l := leftovers(); len(l) > 0 {
+		t.Errorf("left behind after every container was deleted:\n%s", strings.Join(l, "\n"))
+	}
+	var images []string
+	filepath.Walk(env.work, func(p string, info os.FileInfo, err error) error {
+		if err == nil && strings.HasSuffix(p, ".ext4") {
+			images = append(images, p)
+		}
+		return nil
+	})
+	if len(images) > 0 {
+		t.Errorf("writable layer images left: %v", images)
+	}
+	_ = errors.New
+}
