@@ -19,7 +19,7 @@ export GOFLAGS := -buildvcs=false
 
 GO_SOURCES := $(shell find . -name '*.go' -not -path './build/*') go.mod go.sum
 
-.PHONY: quickstart all binaries containerd guest deps test unit-test integration-test bench check proto clean help
+.PHONY: install quickstart all binaries containerd guest deps test unit-test integration-test bench check proto clean help
 
 all: binaries
 
@@ -87,6 +87,15 @@ proto:
 		--go_out=. --go_opt=paths=source_relative \
 		--go-ttrpc_out=. --go-ttrpc_opt=paths=source_relative \
 		$$(find task -name '*.proto')
+
+PREFIX ?= /usr/local
+
+install: binaries guest
+	install -D -m 0755 $(BIN)/containerd-shim-qemu-v1 $(PREFIX)/bin/containerd-shim-qemu-v1
+	install -D -m 0755 $(BIN)/qemu-shim $(PREFIX)/bin/qemu-shim
+	install -D -m 0644 $(GUEST_DIR)/vmlinux $(PREFIX)/share/qemu-shim/vmlinux
+	install -D -m 0644 $(GUEST_DIR)/initramfs.cpio $(PREFIX)/share/qemu-shim/initramfs.cpio
+	install -D -m 0644 $(GUEST_DIR)/tools.erofs $(PREFIX)/share/qemu-shim/tools.erofs
 
 clean:
 	rm -rf $(BIN) build

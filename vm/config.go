@@ -29,8 +29,7 @@ type Config struct {
 	QEMU string
 	// Kernel (an uncompressed PVH vmlinux or a bzImage) and Initrd.
 	Kernel, Initrd string
-	// Tools is the guest tools disk image (runc); optional for VMs that
-	// run no containers.
+	// Tools is the guest tools disk image (the agent and runc).
 	Tools string
 	// Firmware is passed as -bios; DefaultFirmware when it exists, else
 	// QEMU's own.
@@ -131,9 +130,6 @@ func (c *Config) validate() error {
 	}
 	for _, f := range []struct{ what, path string }{{"kernel", c.Kernel}, {"initrd", c.Initrd}, {"tools disk", c.Tools}} {
 		if f.path == "" {
-			if f.what == "tools disk" {
-				continue
-			}
 			return bad("no %s", f.what)
 		}
 		if _, err := os.Stat(f.path); err != nil {

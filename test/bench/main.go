@@ -4,6 +4,9 @@
 //     /init runs on the same kernel and machine (the floor); QEMU's RSS.
 //   - containers: create+start of `true` and an exec round trip through
 //     the agent, beside the same runc on the host.
+//   - ctr run: `ctr run --rm` of echo to its output through a private
+//     containerd, beside containerd's runc shim and the boot floor; the
+//     shim's and QEMU's RSS.
 package main
 
 import (
@@ -88,7 +91,16 @@ func run(guestDir, runcPath string, runs int) error {
 	row("host:  create+start `true`, same runc (s)", hc)
 	row("guest: exec `true` round trip via agent (s)", ge)
 	row("host:  exec `true`, same runc (s)", he)
-	fmt.Printf("ratio create+start guest / host: %.2f; exec guest / host: %.2f\n", median(gc)/median(hc), median(ge)/median(he))
+	fmt.Printf("ratio create+start guest / host: %.2f; exec guest / host: %.2f\n\n", median(gc)/median(hc), median(ge)/median(he))
+
+	ours2, runcShim, shimRSS, qemuRSS, err := ctrRun(runs)
+	if err != nil {
+		return fmt.Errorf("ctr run: %w", err)
+	}
+	row("ctr run echo, qemu-shim (s)", ours2)
+	row("ctr run echo, runc shim (s)", runcShim)
+	fmt.Printf("ratio ctr run qemu-shim / runc shim: %.1f; / boot floor: %.2f\n", median(ours2)/median(runcShim), median(ours2)/median(floor))
+	fmt.Printf("resident memory while a container runs: shim %.1f MiB, its QEMU %.1f MiB\n", float64(shimRSS)/1024, float64(qemuRSS)/1024)
 	return nil
 }
 

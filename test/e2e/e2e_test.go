@@ -20,6 +20,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/qemu-shim/qemu-shim/internal/busybox"
 )
 
 // syncBuffer collects output from containerd's copy goroutines.
@@ -318,7 +320,7 @@ func TestBadInputGivesClearErrors(t *testing.T) {
 		t.Errorf("missing kernel: %v", err)
 	}
 
-	out, err := ctrCommand(ctx, "run", "--rm", "--runtime", runtimeName, "--annotation", "io.qemu-shim.vm.memory_mib=-5", "qemu-shim.dev/busybox:latest", "ctr-bad", "true").CombinedOutput()
+	out, err := ctrCommand(ctx, "run", "--rm", "--runtime", runtimeName, "--annotation", "io.qemu-shim.vm.memory_mib=-5", busybox.DefaultRef, "ctr-bad", "true").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "io.qemu-shim.vm.memory_mib") {
 		t.Errorf("ctr run with a bad annotation: %v: %s", err, out)
 	}
