@@ -31,7 +31,7 @@ help:
 	@echo "make bench      boot and latency benchmarks, with their baselines"
 	@echo "make proto      regenerate task/ API code from .proto files"
 
-binaries: $(BIN)/qemu-shim $(BIN)/qemu-shim-agent $(BIN)/containerd-shim-qemu-v1
+binaries: $(BIN)/qemu-shim $(BIN)/qemu-shim-agent $(BIN)/qemu-shim-taskd $(BIN)/containerd-shim-qemu-v1
 
 $(BIN)/containerd-shim-qemu-v1: $(GO_SOURCES)
 	$(GO) build -trimpath -o $@ ./cmd/containerd-shim-qemu-v1
@@ -47,9 +47,13 @@ $(CONTAINERD_BIN)/containerd:
 $(BIN)/qemu-shim: $(GO_SOURCES)
 	$(GO) build -trimpath -o $@ ./cmd/qemu-shim
 
-# The agent is PID 1 of a minimal guest: static, stripped.
+# The guest's agent (PID 1, in the initramfs) and task service (on the
+# tools disk): static, stripped.
 $(BIN)/qemu-shim-agent: $(GO_SOURCES)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $@ ./cmd/qemu-shim-agent
+
+$(BIN)/qemu-shim-taskd: $(GO_SOURCES)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $@ ./cmd/qemu-shim-taskd
 
 # runc for the guest: static, with seccomp, pinned in guest/tools/go.mod.
 build/runc: guest/tools/go.mod guest/tools/go.sum
@@ -59,8 +63,8 @@ build/runc: guest/tools/go.mod guest/tools/go.sum
 
 guest: $(GUEST_DIR)/initramfs.cpio
 
-$(GUEST_DIR)/initramfs.cpio: $(BIN)/qemu-shim-agent build/runc scripts/build-guest.sh
-	scripts/build-guest.sh $(GUEST_DIR) $(BIN)/qemu-shim-agent build/runc
+$(GUEST_DIR)/initramfs.cpio: $(BIN)/qemu-shim-agent $(BIN)/qemu-shim-taskd build/runc scripts/build-guest.sh
+	scripts/build-guest.sh $(GUEST_DIR) $(BIN)/qemu-shim-agent $(BIN)/qemu-shim-taskd build/runc
 
 deps:
 	scripts/deps.sh

@@ -56,6 +56,9 @@ type Instance struct {
 	client *ttrpc.Client
 	agent  agentapi.AgentService
 
+	taskMu     sync.Mutex
+	taskClient *ttrpc.Client
+
 	hp hotplugState
 
 	cleanupOnce sync.Once
@@ -117,8 +120,26 @@ func (i *Instance) ExitStatus() string {
 // Agent is the TTRPC client of the agent's VM-level service.
 func (i *Instance) Agent() agentapi.AgentService { return i.agent }
 
-// Client is the TTRPC client to the agent, for the other services it serves.
+// Client is the TTRPC client to the agent's VM-level services.
 func (i *Instance) Client() *ttrpc.Client { return i.client }
+
+// TaskClient is the TTRPC client to the guest's task service (containerd's
+// task API and the event stream), connected on first use.
+func (i *Instance) TaskClient(ctx context.Context) (*ttrpc.Client, error) {
+	if err := i.state.require(i.cfg.ID, "reach the task service", StateRunning); err != nil {
+		return nil, err
+	}
+	i.taskMu.Lock()
+	defer i.taskMu.Unlock()
+	if i.taskClient == nil {
+		c, err := i.dial(ctx, conn.KindTask, "")
+		if err != nil {
+			return nil, err
+		}
+		i.taskClient = ttrpc.NewClient(c)
+	}
+	return i.taskClient, nil
+}
 
 // DialStream opens a named stdio stream to the agent; Create and Exec
 // refer to it as conn.StreamPrefix + name.
@@ -344,6 +365,12 @@ func (i *Instance) Reconnect(ctx context.Context) error {
 		return err
 	}
 	i.client.Close()
+	i.taskMu.Lock()
+	if i.taskClient != nil {
+		i.taskClient.Close()
+		i.taskClient = nil
+	}
+	i.taskMu.Unlock()
 	i.host.Close()
 	if err := i.connectAgent(ctx); err != nil {
 		return fmt.Errorf("vm %s: reconnect: %w", i.cfg.ID, err)
@@ -424,6 +451,11 @@ func (i *Instance) cleanup(ctx context.Context) {
 		if i.client != nil {
 			i.client.Close()
 		}
+		i.taskMu.Lock()
+		if i.taskClient != nil {
+			i.taskClient.Close()
+		}
+		i.taskMu.Unlock()
 		if i.host != nil {
 			i.host.Close()
 		}

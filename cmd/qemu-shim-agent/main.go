@@ -1,10 +1,14 @@
-// Command qemu-shim-agent is PID 1 of every qemu-shim guest: it prepares the
-// machine and serves the host over the transport the kernel command line
-// names.
+// Command qemu-shim-agent is PID 1 of every qemu-shim guest. It stays small
+// (the kernel unpacks every initramfs byte before running it): it prepares
+// the machine, serves the host's VM-level requests over the transport the
+// kernel command line names, onlines hot-plugged CPUs and memory, and hands
+// task connections and stdio streams on to qemu-shim-taskd, which it starts
+// from the tools disk once the host is connected.
 package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -13,31 +17,30 @@ import (
 	"sync"
 	"time"
 
-	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
-	"github.com/containerd/containerd/v2/pkg/sys/reaper"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/qemu-shim/qemu-shim/guest/agent"
 	"github.com/qemu-shim/qemu-shim/guest/boot"
 	"github.com/qemu-shim/qemu-shim/guest/hotplug"
 	"github.com/qemu-shim/qemu-shim/guest/kmod"
-	"github.com/qemu-shim/qemu-shim/guest/task"
 	"github.com/qemu-shim/qemu-shim/internal/transport"
 	"github.com/qemu-shim/qemu-shim/internal/transport/serial"
 	"github.com/qemu-shim/qemu-shim/internal/transport/vsock"
 	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
 	"github.com/qemu-shim/qemu-shim/task/conn"
-	eventsapi "github.com/qemu-shim/qemu-shim/task/events/v1"
 )
 
 const (
-	modulesRoot    = "/lib/modules"
-	mountRoot      = "/run/qemu-shim/mounts"
-	containersRoot = "/run/qemu-shim/containers"
-	portWait       = 10 * time.Second
+	modulesRoot = "/lib/modules"
+	mountRoot   = "/run/qemu-shim/mounts"
+	taskdSocket = "/run/qemu-shim/taskd.sock"
+	portWait    = 10 * time.Second
+	// taskdWait bounds how long a task connection waits for taskd to listen.
+	taskdWait = 60 * time.Second
 )
 
 func main() {
@@ -83,25 +86,18 @@ func run(ctx context.Context) error {
 	if params["debug"] == "1" {
 		log.SetLevel("debug")
 	}
-	if console, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
+	log.L.Logger.SetFormatter(&logrus.TextFormatter{DisableColors: true, FullTimestamp: true})
+	console, err := os.OpenFile("/dev/console", os.O_WRONLY, 0)
+	if err == nil {
 		log.L.Logger.SetOutput(console)
 	}
-
-	// Reap every orphan; runc's exits go to reaper.Default's subscribers.
-	sigs := make(chan os.Signal, 32)
-	signal.Notify(sigs, unix.SIGCHLD)
-	go func() {
-		for range sigs {
-			reaper.Reap()
-		}
-	}()
 
 	kind := transport.Kind(params["transport"])
 	if kind != transport.VSock {
 		kind = transport.Serial
 	}
 
-	// Load the transport's drivers first and serve; the rest load meanwhile.
+	// Load the transport's drivers first and serve; the rest load later.
 	var uts unix.Utsname
 	unix.Uname(&uts)
 	loader, err := kmod.NewLoader(filepath.Join(modulesRoot, unix.ByteSliceToString(uts.Release[:])))
@@ -132,11 +128,7 @@ func run(ctx context.Context) error {
 		}
 	}
 	step("transport-modules")
-	// The other modules and the tools disk wait for the host's first
-	// connection: with one vCPU they would otherwise slow down the boot
-	// that the host is waiting for.
-	firstConn := make(chan struct{})
-	modulesReady := make(chan struct{})
+
 	onliner := &hotplug.Onliner{SysfsRoot: "/sys"}
 	go func() {
 		if err := onliner.Watch(ctx); err != nil {
@@ -149,27 +141,23 @@ func run(ctx context.Context) error {
 		return err
 	}
 	step("listening")
-	l = &firstAcceptListener{Listener: l, first: firstConn}
-	demux := conn.NewDemux(l)
+	// Everything else waits until the host has had its first answer: with
+	// one vCPU it would otherwise slow down the boot the host waits for.
+	answered := make(chan struct{})
+
+	taskd := &taskdRelay{socket: taskdSocket, ready: make(chan struct{})}
+	demux := conn.NewDemux(l, conn.KindTTRPC, taskd.forward)
 	server, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(grpcErrors))
 	if err != nil {
 		return err
 	}
-	events := task.NewEventLog(task.DefaultEventRetention)
-	taskAPI.RegisterTTRPCTaskService(server, task.New(ctx, task.Config{
-		Runc:      filepath.Join(agentapi.ToolsMountPoint, "runc"),
-		Root:      containersRoot,
-		SysfsRoot: "/sys",
-		Streams:   demux,
-		Events:    events,
-		Ready:     modulesReady,
-	}))
-	eventsapi.RegisterEventsService(server, events)
+	modulesReady := make(chan struct{})
 	svc := &agent.Service{
 		SysfsRoot:    "/sys",
 		MountRoot:    mountRoot,
 		Transport:    string(kind),
 		ModulesReady: modulesReady,
+		Answered:     answered,
 		Modules: func() []string {
 			modMu.Lock()
 			defer modMu.Unlock()
@@ -186,24 +174,38 @@ func run(ctx context.Context) error {
 		},
 	}
 	agentapi.RegisterAgentService(server, svc)
+
+	go reap(ctx, taskd)
 	go func() {
 		defer close(modulesReady)
 		select {
-		case <-firstConn:
+		case <-answered:
 		case <-time.After(5 * time.Second):
 		}
 		if err := load(); err != nil {
 			log.G(ctx).WithError(err).Error("load kernel modules")
 		}
 		step("all-modules")
-		if err := svc.MountTools(ctx, 5*time.Second); err != nil {
-			log.G(ctx).WithError(err).Warn("no guest tools: containers cannot run")
-		} else {
-			step("tools")
+		if err := svc.MountTools(ctx, 10*time.Second); err != nil {
+			log.G(ctx).WithError(err).Error("no tools disk: containers cannot run")
+			return
 		}
+		step("tools")
+		if err := taskd.start(console); err != nil {
+			log.G(ctx).WithError(err).Error("start the task service")
+			return
+		}
+		step("taskd-started")
 	}()
 	log.G(ctx).WithField("transport", kind).Debug("agent serving")
 	return server.Serve(ctx, demux.Listener())
+}
+
+// grpcErrors turns errdefs errors into status codes, as containerd's shims
+// do, so that the host gets them back as the same errdefs errors.
+func grpcErrors(ctx context.Context, unmarshal ttrpc.Unmarshaler, _ *ttrpc.UnaryServerInfo, method ttrpc.Method) (interface{}, error) {
+	resp, err := method(ctx, unmarshal)
+	return resp, errgrpc.ToGRPC(err)
 }
 
 func listen(kind transport.Kind) (net.Listener, error) {
@@ -231,24 +233,84 @@ func listen(kind transport.Kind) (net.Listener, error) {
 	return serial.Listen(port), nil
 }
 
-// firstAcceptListener closes first when the first connection arrives.
-type firstAcceptListener struct {
-	net.Listener
-	first chan struct{}
-	once  sync.Once
+// taskdRelay starts qemu-shim-taskd and passes it the task connections
+// and stdio streams, byte for byte.
+type taskdRelay struct {
+	socket string
+	ready  chan struct{}
+	mu     sync.Mutex
+	pid    int
 }
 
-func (l *firstAcceptListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err == nil {
-		l.once.Do(func() { close(l.first) })
+func (t *taskdRelay) start(console *os.File) error {
+	bin := filepath.Join(agentapi.ToolsMountPoint, "qemu-shim-taskd")
+	attr := &os.ProcAttr{Files: []*os.File{nil, console, console}, Env: []string{"PATH=/usr/bin:/bin:/usr/sbin:/sbin"}}
+	p, err := os.StartProcess(bin, []string{bin, "-socket", t.socket, "-runc", filepath.Join(agentapi.ToolsMountPoint, "runc")}, attr)
+	if err != nil {
+		return err
 	}
-	return c, err
+	t.mu.Lock()
+	t.pid = p.Pid
+	t.mu.Unlock()
+	p.Release() // reap() collects it
+	close(t.ready)
+	return nil
 }
 
-// grpcErrors turns errdefs errors into status codes, as containerd's shims
-// do, so that the host gets them back as the same errdefs errors.
-func grpcErrors(ctx context.Context, unmarshal ttrpc.Unmarshaler, _ *ttrpc.UnaryServerInfo, method ttrpc.Method) (interface{}, error) {
-	resp, err := method(ctx, unmarshal)
-	return resp, errgrpc.ToGRPC(err)
+func (t *taskdRelay) isTaskd(pid int) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return pid == t.pid
+}
+
+func (t *taskdRelay) forward(kind byte, name string, c net.Conn) {
+	go func() {
+		deadline := time.Now().Add(taskdWait)
+		select {
+		case <-t.ready:
+		case <-time.After(taskdWait):
+			log.L.Error("task service did not start: dropping a connection")
+			c.Close()
+			return
+		}
+		var (
+			d   net.Conn
+			err error
+		)
+		for {
+			if d, err = net.Dial("unix", t.socket); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				log.L.WithError(err).Error("task service not listening: dropping a connection")
+				c.Close()
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if err := conn.WriteHeader(d, kind, name); err != nil {
+			c.Close()
+			d.Close()
+			return
+		}
+		conn.Splice(c, d)
+	}()
+}
+
+// reap collects every orphan (PID 1's duty), noting taskd's end.
+func reap(ctx context.Context, t *taskdRelay) {
+	sigs := make(chan os.Signal, 32)
+	signal.Notify(sigs, unix.SIGCHLD)
+	for range sigs {
+		for {
+			var ws unix.WaitStatus
+			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+			if pid <= 0 || errors.Is(err, unix.ECHILD) {
+				break
+			}
+			if t.isTaskd(pid) {
+				log.G(ctx).WithField("status", ws).Error("the task service exited")
+			}
+		}
+	}
 }

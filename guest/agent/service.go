@@ -51,6 +51,11 @@ type Service struct {
 	PowerOff func()
 	// Timeline returns the boot steps so far.
 	Timeline func() []*api.BootStep
+	// Answered, when set, is closed after the first Info has been
+	// answered: the host is then connected and waiting for nothing.
+	Answered chan struct{}
+
+	answeredOnce sync.Once
 
 	mu     sync.Mutex
 	mounts map[string]string // name → path
@@ -88,6 +93,10 @@ func (s *Service) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoRespon
 		resp.BootTimeline = s.Timeline()
 	}
 	resp.Mounts = ownMounts()
+	if s.Answered != nil {
+		// Let the reply go out before what waits on it takes the CPU.
+		time.AfterFunc(10*time.Millisecond, func() { s.answeredOnce.Do(func() { close(s.Answered) }) })
+	}
 	return resp, nil
 }
 

@@ -267,9 +267,14 @@ func (s *Service) boot(ctx context.Context, id string, cfg config.Config, size c
 	if err := inst.Start(ctx); err != nil {
 		return err
 	}
+	client, err := inst.TaskClient(ctx)
+	if err != nil {
+		inst.Shutdown(context.WithoutCancel(ctx))
+		return err
+	}
 	s.vm = inst
 	s.cfg = cfg
-	s.agent = taskAPI.NewTTRPCTaskClient(inst.Client())
+	s.agent = taskAPI.NewTTRPCTaskClient(client)
 	s.eventsDone = make(chan struct{})
 	go s.forwardEvents(inst)
 	go s.watchVM(inst)
@@ -593,7 +598,11 @@ func (s *Service) forwardEvents(inst *vm.Instance) {
 		after := s.lastEvent
 		s.mu.Unlock()
 		sctx, cancel := context.WithCancel(ctx)
-		stream, err := eventsapi.NewEventsClient(inst.Client()).Stream(sctx, &eventsapi.StreamRequest{After: after})
+		var stream eventsapi.Events_StreamClient
+		client, err := inst.TaskClient(sctx)
+		if err == nil {
+			stream, err = eventsapi.NewEventsClient(client).Stream(sctx, &eventsapi.StreamRequest{After: after})
+		}
 		if err == nil {
 			for {
 				e, rerr := stream.Recv()

@@ -16,7 +16,11 @@ import (
 
 // Kinds of connection.
 const (
-	KindTTRPC  byte = 'T'
+	// KindTTRPC is the agent's own TTRPC (VM-level services).
+	KindTTRPC byte = 'T'
+	// KindTask is the TTRPC of the task service (containers, events).
+	KindTask byte = 'K'
+	// KindStream is a named stdio stream.
 	KindStream byte = 'S'
 )
 
@@ -58,7 +62,7 @@ func ReadHeader(r io.Reader) (kind byte, name string, err error) {
 	}
 	kind = hdr[0]
 	switch kind {
-	case KindTTRPC:
+	case KindTTRPC, KindTask:
 		if hdr[1] != 0 {
 			return 0, "", errors.New("TTRPC connection header with a name")
 		}
@@ -89,23 +93,29 @@ func StreamName(field string) (string, error) {
 	return name, ValidName(name)
 }
 
-// Demux sorts the connections of a listener.
+// Demux sorts the connections of a listener: those of its TTRPC kind go to
+// Listener, streams to TakeStream, and, when Forward is set, every other
+// kind (and every stream) to Forward instead.
 type Demux struct {
-	l       net.Listener
-	ttrpc   chan net.Conn
-	closed  chan struct{}
-	once    sync.Once
-	timeout time.Duration
+	l         net.Listener
+	ttrpcKind byte
+	forward   func(kind byte, name string, c net.Conn)
+	ttrpc     chan net.Conn
+	closed    chan struct{}
+	once      sync.Once
+	timeout   time.Duration
 
 	mu      sync.Mutex
 	streams map[string]net.Conn
 	waiters map[string]chan struct{}
 }
 
-// NewDemux starts sorting l's connections.
-func NewDemux(l net.Listener) *Demux {
+// NewDemux starts sorting l's connections; TTRPC connections of ttrpcKind
+// are served through Listener. forward, when not nil, takes every
+// connection of another kind.
+func NewDemux(l net.Listener, ttrpcKind byte, forward func(kind byte, name string, c net.Conn)) *Demux {
 	d := &Demux{
-		l: l, ttrpc: make(chan net.Conn), closed: make(chan struct{}), timeout: 10 * time.Second,
+		l: l, ttrpcKind: ttrpcKind, forward: forward, ttrpc: make(chan net.Conn), closed: make(chan struct{}), timeout: 10 * time.Second,
 		streams: map[string]net.Conn{}, waiters: map[string]chan struct{}{},
 	}
 	go d.run()
@@ -131,12 +141,20 @@ func (d *Demux) sort(c net.Conn) {
 		c.Close()
 		return
 	}
-	if kind == KindTTRPC {
+	if kind == d.ttrpcKind {
 		select {
 		case d.ttrpc <- c:
 		case <-d.closed:
 			c.Close()
 		}
+		return
+	}
+	if d.forward != nil {
+		d.forward(kind, name, c)
+		return
+	}
+	if kind != KindStream {
+		c.Close()
 		return
 	}
 	d.mu.Lock()

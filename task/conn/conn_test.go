@@ -72,7 +72,7 @@ func (l pipeListener) Addr() net.Addr { return &net.UnixAddr{Name: "pipe"} }
 
 func TestDemux(t *testing.T) {
 	l := pipeListener{ch: make(chan net.Conn, 4)}
-	d := NewDemux(l)
+	d := NewDemux(l, KindTTRPC, nil)
 	defer d.Close()
 	dial := func(kind byte, name string) net.Conn {
 		a, b := net.Pipe()

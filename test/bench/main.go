@@ -33,13 +33,20 @@ func main() {
 	guestDir := flag.String("guest-dir", guestimage.Dir(), "guest image directory")
 	runcPath := flag.String("runc", "build/runc", "runc binary for the host baseline")
 	runs := flag.Int("n", 7, "runs of each measurement")
+	only := flag.String("only", "", "run one section: boot, containers or ctr")
 	flag.Parse()
 	log.SetLevel("warn")
+	section = *only
 	if err := run(*guestDir, *runcPath, *runs); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
 	}
 }
+
+// section, when set, is the only one run.
+var section string
+
+func want(name string) bool { return section == "" || section == name }
 
 func run(guestDir, runcPath string, runs int) error {
 	os.Setenv("QEMU_SHIM_GUEST_DIR", guestDir)
@@ -59,9 +66,11 @@ func run(guestDir, runcPath string, runs int) error {
 
 	var floor, ours, guestUp, rss []float64
 	accel := ""
-	for i := 0; i < runs; i++ {
+	fmt.Printf("qemu-shim bench: %d runs each, kernel %s\n\n", runs, img.KernelVersion)
+	fmt.Printf("%-44s %10s %21s\n", "measurement", "median", "min – max")
+	for i := 0; i < runs && (want("boot") || want("ctr")); i++ {
 		// Alternate, so that drifting machine load hits both alike.
-		d, err := bareBoot(work, img.Kernel, bare, i)
+		d, err := bareBoot(work, img.Kernel, bare, img.Tools, i)
 		if err != nil {
 			return fmt.Errorf("bare boot: %w", err)
 		}
@@ -75,14 +84,25 @@ func run(guestDir, runcPath string, runs int) error {
 		rss = append(rss, float64(r.rssKiB)/1024)
 		accel = r.accel
 	}
-	fmt.Printf("qemu-shim bench: %d runs each, accel %s, kernel %s\n\n", runs, accel, img.KernelVersion)
-	fmt.Printf("%-44s %10s %21s\n", "measurement", "median", "min – max")
-	row("boot floor: launch → trivial /init (s)", floor)
-	row("qemu-shim: launch → agent answers (s)", ours)
-	row("  guest uptime when the agent answered (s)", guestUp)
-	row("QEMU RSS after boot (MiB)", rss)
-	fmt.Printf("ratio agent-ready / floor: %.3f (target ≤ 1.15)\n\n", median(ours)/median(floor))
+	if len(floor) > 0 {
+		row("boot floor: launch → trivial /init (s)", floor)
+		row("qemu-shim: launch → agent answers (s)", ours)
+		row("  guest uptime when the agent answered (s)", guestUp)
+		row("QEMU RSS after boot (MiB)", rss)
+		fmt.Printf("ratio agent-ready / floor: %.3f (target ≤ 1.15), accel %s\n\n", median(ours)/median(floor), accel)
+	}
+	if want("containers") {
+		if err := containerSection(work, img, runcPath, runs); err != nil {
+			return err
+		}
+	}
+	if want("ctr") {
+		return ctrSection(runs, floor)
+	}
+	return nil
+}
 
+func containerSection(work string, img guestimage.Image, runcPath string, runs int) error {
 	gc, ge, hc, he, err := containerLatencies(work, img, runcPath, runs)
 	if err != nil {
 		return fmt.Errorf("container latencies: %w", err)
@@ -92,7 +112,10 @@ func run(guestDir, runcPath string, runs int) error {
 	row("guest: exec `true` round trip via agent (s)", ge)
 	row("host:  exec `true`, same runc (s)", he)
 	fmt.Printf("ratio create+start guest / host: %.2f; exec guest / host: %.2f\n\n", median(gc)/median(hc), median(ge)/median(he))
+	return nil
+}
 
+func ctrSection(runs int, floor []float64) error {
 	ours2, runcShim, shimRSS, qemuRSS, err := ctrRun(runs)
 	if err != nil {
 		return fmt.Errorf("ctr run: %w", err)
@@ -139,8 +162,8 @@ func buildBareInitrd(work string) (string, error) {
 
 // bareBoot launches QEMU exactly as the driver would, but with the trivial
 // init, and times launch → its line on the console.
-func bareBoot(work, kernel, initrd string, i int) (time.Duration, error) {
-	inst, err := vm.New(vm.Config{ID: "bare" + strconv.Itoa(i), StateRoot: work, Kernel: kernel, Initrd: initrd})
+func bareBoot(work, kernel, initrd, tools string, i int) (time.Duration, error) {
+	inst, err := vm.New(vm.Config{ID: "bare" + strconv.Itoa(i), StateRoot: work, Kernel: kernel, Initrd: initrd, Tools: tools})
 	if err != nil {
 		return 0, err
 	}

@@ -255,7 +255,7 @@ func TestQEMUKilledIsNoticed(t *testing.T) {
 
 func TestInvalidConfigAndTransitions(t *testing.T) {
 	img := guestimage.Require(t)
-	base := vm.Config{ID: "bad", StateRoot: t.TempDir(), Kernel: img.Kernel, Initrd: img.Initrd}
+	base := vm.Config{ID: "bad", StateRoot: t.TempDir(), Kernel: img.Kernel, Initrd: img.Initrd, Tools: img.Tools}
 
 	c := base
 	c.Disks = []vm.Disk{{ID: "root", Path: "/nonexistent/rootfs.img"}}

@@ -64,13 +64,17 @@ func New(inst *vm.Instance, dir string) (*Rig, error) {
 // Connect (re)attaches the task client and the event stream, asking for
 // every event after the last one seen.
 func (r *Rig) Connect() error {
-	r.Tasks = taskAPI.NewTTRPCTaskClient(r.Inst.Client())
+	client, err := r.Inst.TaskClient(context.Background())
+	if err != nil {
+		return err
+	}
+	r.Tasks = taskAPI.NewTTRPCTaskClient(client)
 	ctx, cancel := context.WithCancel(context.Background())
 	r.mu.Lock()
 	after := r.lastSeq
 	r.stop = cancel
 	r.mu.Unlock()
-	stream, err := eventsapi.NewEventsClient(r.Inst.Client()).Stream(ctx, &eventsapi.StreamRequest{After: after})
+	stream, err := eventsapi.NewEventsClient(client).Stream(ctx, &eventsapi.StreamRequest{After: after})
 	if err != nil {
 		cancel()
 		return err

@@ -1,0 +1,73 @@
+// Command qemu-shim-taskd is the guest's task service: containerd's task
+// API under runc, and the event log the host replays. The agent starts it
+// from the tools disk and relays to it the host's task connections and
+// stdio streams over a Unix socket.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/v2/pkg/sys/reaper"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/qemu-shim/qemu-shim/guest/task"
+	"github.com/qemu-shim/qemu-shim/task/conn"
+	eventsapi "github.com/qemu-shim/qemu-shim/task/events/v1"
+)
+
+func main() {
+	socket := flag.String("socket", "/run/qemu-shim/taskd.sock", "Unix socket to serve on")
+	runc := flag.String("runc", "/run/qemu-shim/tools/runc", "runc binary")
+	root := flag.String("root", "/run/qemu-shim/containers", "containers' bundles")
+	flag.Parse()
+	log.L.Logger.SetFormatter(&logrus.TextFormatter{DisableColors: true, FullTimestamp: true})
+	if err := run(context.Background(), *socket, *runc, *root); err != nil {
+		fmt.Fprintf(os.Stderr, "qemu-shim-taskd: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, socket, runc, root string) error {
+	// Orphans of containers come here, not to the agent: runc's and the
+	// containers' exits go to reaper.Default's subscribers.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("become subreaper: %w", err)
+	}
+	sigs := make(chan os.Signal, 32)
+	signal.Notify(sigs, unix.SIGCHLD)
+	go func() {
+		for range sigs {
+			reaper.Reap()
+		}
+	}()
+	os.Remove(socket)
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(socket)
+	demux := conn.NewDemux(l, conn.KindTask, nil)
+	server, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, unmarshal ttrpc.Unmarshaler, _ *ttrpc.UnaryServerInfo, method ttrpc.Method) (interface{}, error) {
+		resp, err := method(ctx, unmarshal)
+		return resp, errgrpc.ToGRPC(err)
+	}))
+	if err != nil {
+		return err
+	}
+	events := task.NewEventLog(task.DefaultEventRetention)
+	taskAPI.RegisterTTRPCTaskService(server, task.New(ctx, task.Config{
+		Runc: runc, Root: root, SysfsRoot: "/sys", Streams: demux, Events: events,
+	}))
+	eventsapi.RegisterEventsService(server, events)
+	return server.Serve(ctx, demux.Listener())
+}
