@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -323,6 +324,40 @@ func TestBadInputGivesClearErrors(t *testing.T) {
 	out, err := ctrCommand(ctx, "run", "--rm", "--runtime", runtimeName, "--annotation", "io.qemu-shim.vm.memory_mib=-5", busybox.DefaultRef, "ctr-bad", "true").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "io.qemu-shim.vm.memory_mib") {
 		t.Errorf("ctr run with a bad annotation: %v: %s", err, out)
+	}
+}
+
+// TestPodSharesOneVM: containers with the same group annotation (as a
+// Kubernetes pod's sandbox id) run in one VM, which outlives the first.
+func TestPodSharesOneVM(t *testing.T) {
+	ctx := requireEnv(t)
+	group := oci.WithAnnotations(map[string]string{"io.kubernetes.cri.sandbox-id": "pod1"})
+	first, err := newContainer(ctx, t, "pod1-pause", nil, false, group, oci.WithProcessArgs("sleep", "1000"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, bootID := first.exec(ctx, "boot", "cat", "/proc/sys/kernel/random/boot_id")
+	second, err := newContainer(ctx, t, "pod1-app", nil, false, group, oci.WithProcessArgs("cat", "/proc/sys/kernel/random/boot_id"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := second.task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	status, out := second.finish(ctx)
+	if status != 0 || out != bootID {
+		t.Errorf("second container of the pod: exit %d, boot id %q; the first's is %q", status, out, bootID)
+	}
+	// One VM for the pod.
+	if b, _ := exec.Command("pgrep", "-fc", "qemu-system.*"+env.VMStateRoot()+"/pod1-pause/").Output(); strings.TrimSpace(string(b)) != "1" {
+		t.Errorf("%s QEMU processes for the pod, want 1", strings.TrimSpace(string(b)))
+	}
+	first.task.Kill(ctx, syscall.SIGKILL)
+	if status, _ := first.finish(ctx); status != 137 {
+		t.Errorf("pause container: exit %d", status)
 	}
 }
 
