@@ -93,11 +93,25 @@ func (s *Service) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoRespon
 		resp.BootTimeline = s.Timeline()
 	}
 	resp.Mounts = ownMounts()
+	resp.Interfaces = netInterfaces(s.SysfsRoot)
 	if s.Answered != nil {
 		// Let the reply go out before what waits on it takes the CPU.
 		time.AfterFunc(10*time.Millisecond, func() { s.answeredOnce.Do(func() { close(s.Answered) }) })
 	}
 	return resp, nil
+}
+
+// netInterfaces lists the network interfaces but loopback.
+func netInterfaces(sysfs string) []*api.NetInterface {
+	dirs, _ := filepath.Glob(filepath.Join(sysfs, "class", "net", "*"))
+	var out []*api.NetInterface
+	for _, d := range dirs {
+		if filepath.Base(d) == "lo" {
+			continue
+		}
+		out = append(out, &api.NetInterface{Name: filepath.Base(d), Mac: readTrim(filepath.Join(d, "address"))})
+	}
+	return out
 }
 
 // ownMountsPrefix is where everything the agent mounts lives.

@@ -284,3 +284,41 @@ func TestInvalidConfigAndTransitions(t *testing.T) {
 		t.Errorf("shutdown before start: got %v", err)
 	}
 }
+
+func TestAttachDetachNIC(t *testing.T) {
+	t.Parallel()
+	const tap = "qstaptest0"
+	if out, err := exec.Command("ip", "tuntap", "add", "dev", tap, "mode", "tap").CombinedOutput(); err != nil {
+		t.Skipf("skipping: cannot make a tap device here: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "link", "del", tap).Run() })
+	inst := bootVM(t, nil)
+	ctx := testContext(t)
+	const mac = "02:00:00:0a:0b:0c"
+	if err := inst.AttachNIC(ctx, vm.NIC{ID: "nic1", Tap: tap, MAC: mac}); err != nil {
+		t.Fatal(err)
+	}
+	hasMAC := func() bool {
+		info, err := inst.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range info.Interfaces {
+			if n.Mac == mac {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor(ctx, t, "the card in the guest", hasMAC)
+	if err := inst.DetachNIC(ctx, "nic1"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, "the card gone from the guest", func() bool { return !hasMAC() })
+	if err := inst.AttachNIC(ctx, vm.NIC{ID: "nic2", Tap: "no-such-tap"}); !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), "no-such-tap") {
+		t.Errorf("missing tap: got %v", err)
+	}
+	if err := inst.AttachNIC(ctx, vm.NIC{ID: "nic3", Tap: tap, MAC: "not-a-mac"}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("bad mac: got %v", err)
+	}
+}

@@ -77,7 +77,8 @@ type InfoResponse struct {
 	// agent's start, in order ("init", "mounted", ...): where boot time goes.
 	BootTimeline []*BootStep `protobuf:"bytes,9,rep,name=boot_timeline,json=bootTimeline,proto3" json:"boot_timeline,omitempty"`
 	// mounts are the agent's own mount points (disks, container roots).
-	Mounts        []string `protobuf:"bytes,10,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	Mounts        []string        `protobuf:"bytes,10,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	Interfaces    []*NetInterface `protobuf:"bytes,11,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -182,6 +183,65 @@ func (x *InfoResponse) GetMounts() []string {
 	return nil
 }
 
+func (x *InfoResponse) GetInterfaces() []*NetInterface {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
+type NetInterface struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Mac           string                 `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetInterface) Reset() {
+	*x = NetInterface{}
+	mi := &file_task_agent_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetInterface) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetInterface) ProtoMessage() {}
+
+func (x *NetInterface) ProtoReflect() protoreflect.Message {
+	mi := &file_task_agent_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetInterface.ProtoReflect.Descriptor instead.
+func (*NetInterface) Descriptor() ([]byte, []int) {
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *NetInterface) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NetInterface) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
 type BootStep struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -192,7 +252,7 @@ type BootStep struct {
 
 func (x *BootStep) Reset() {
 	*x = BootStep{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -204,7 +264,7 @@ func (x *BootStep) String() string {
 func (*BootStep) ProtoMessage() {}
 
 func (x *BootStep) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -217,7 +277,7 @@ func (x *BootStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootStep.ProtoReflect.Descriptor instead.
 func (*BootStep) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *BootStep) GetName() string {
@@ -248,7 +308,7 @@ type BlockDevice struct {
 
 func (x *BlockDevice) Reset() {
 	*x = BlockDevice{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -260,7 +320,7 @@ func (x *BlockDevice) String() string {
 func (*BlockDevice) ProtoMessage() {}
 
 func (x *BlockDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -273,7 +333,7 @@ func (x *BlockDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockDevice.ProtoReflect.Descriptor instead.
 func (*BlockDevice) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *BlockDevice) GetName() string {
@@ -320,7 +380,7 @@ type MountBlockRequest struct {
 
 func (x *MountBlockRequest) Reset() {
 	*x = MountBlockRequest{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -332,7 +392,7 @@ func (x *MountBlockRequest) String() string {
 func (*MountBlockRequest) ProtoMessage() {}
 
 func (x *MountBlockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -345,7 +405,7 @@ func (x *MountBlockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountBlockRequest.ProtoReflect.Descriptor instead.
 func (*MountBlockRequest) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MountBlockRequest) GetSerial() string {
@@ -400,7 +460,7 @@ type MountBlockResponse struct {
 
 func (x *MountBlockResponse) Reset() {
 	*x = MountBlockResponse{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +472,7 @@ func (x *MountBlockResponse) String() string {
 func (*MountBlockResponse) ProtoMessage() {}
 
 func (x *MountBlockResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +485,7 @@ func (x *MountBlockResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountBlockResponse.ProtoReflect.Descriptor instead.
 func (*MountBlockResponse) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MountBlockResponse) GetPath() string {
@@ -451,7 +511,7 @@ type UnmountBlockRequest struct {
 
 func (x *UnmountBlockRequest) Reset() {
 	*x = UnmountBlockRequest{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +523,7 @@ func (x *UnmountBlockRequest) String() string {
 func (*UnmountBlockRequest) ProtoMessage() {}
 
 func (x *UnmountBlockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +536,7 @@ func (x *UnmountBlockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnmountBlockRequest.ProtoReflect.Descriptor instead.
 func (*UnmountBlockRequest) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UnmountBlockRequest) GetName() string {
@@ -498,7 +558,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -510,7 +570,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -523,7 +583,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReadFileRequest) GetMount() string {
@@ -557,7 +617,7 @@ type ReadFileResponse struct {
 
 func (x *ReadFileResponse) Reset() {
 	*x = ReadFileResponse{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +629,7 @@ func (x *ReadFileResponse) String() string {
 func (*ReadFileResponse) ProtoMessage() {}
 
 func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +642,7 @@ func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileResponse) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReadFileResponse) GetData() []byte {
@@ -607,7 +667,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -619,7 +679,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_task_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -632,7 +692,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 var File_task_agent_v1_agent_proto protoreflect.FileDescriptor
@@ -640,7 +700,7 @@ var File_task_agent_v1_agent_proto protoreflect.FileDescriptor
 const file_task_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x19task/agent/v1/agent.proto\x12\x11qemushim.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\"\r\n" +
-	"\vInfoRequest\"\xaa\x03\n" +
+	"\vInfoRequest\"\xeb\x03\n" +
 	"\fInfoResponse\x12%\n" +
 	"\x0ekernel_release\x18\x01 \x01(\tR\rkernelRelease\x12\x1f\n" +
 	"\vcpus_online\x18\x02 \x01(\rR\n" +
@@ -653,7 +713,13 @@ const file_task_agent_v1_agent_proto_rawDesc = "" +
 	"\ttransport\x18\b \x01(\tR\ttransport\x12@\n" +
 	"\rboot_timeline\x18\t \x03(\v2\x1b.qemushim.agent.v1.BootStepR\fbootTimeline\x12\x16\n" +
 	"\x06mounts\x18\n" +
-	" \x03(\tR\x06mounts\"3\n" +
+	" \x03(\tR\x06mounts\x12?\n" +
+	"\n" +
+	"interfaces\x18\v \x03(\v2\x1f.qemushim.agent.v1.NetInterfaceR\n" +
+	"interfaces\"4\n" +
+	"\fNetInterface\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03mac\x18\x02 \x01(\tR\x03mac\"3\n" +
 	"\bBootStep\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x13\n" +
 	"\x05at_ns\x18\x02 \x01(\x04R\x04atNs\"u\n" +
@@ -703,38 +769,40 @@ func file_task_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_task_agent_v1_agent_proto_rawDescData
 }
 
-var file_task_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_task_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_task_agent_v1_agent_proto_goTypes = []any{
 	(*InfoRequest)(nil),         // 0: qemushim.agent.v1.InfoRequest
 	(*InfoResponse)(nil),        // 1: qemushim.agent.v1.InfoResponse
-	(*BootStep)(nil),            // 2: qemushim.agent.v1.BootStep
-	(*BlockDevice)(nil),         // 3: qemushim.agent.v1.BlockDevice
-	(*MountBlockRequest)(nil),   // 4: qemushim.agent.v1.MountBlockRequest
-	(*MountBlockResponse)(nil),  // 5: qemushim.agent.v1.MountBlockResponse
-	(*UnmountBlockRequest)(nil), // 6: qemushim.agent.v1.UnmountBlockRequest
-	(*ReadFileRequest)(nil),     // 7: qemushim.agent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),    // 8: qemushim.agent.v1.ReadFileResponse
-	(*ShutdownRequest)(nil),     // 9: qemushim.agent.v1.ShutdownRequest
-	(*emptypb.Empty)(nil),       // 10: google.protobuf.Empty
+	(*NetInterface)(nil),        // 2: qemushim.agent.v1.NetInterface
+	(*BootStep)(nil),            // 3: qemushim.agent.v1.BootStep
+	(*BlockDevice)(nil),         // 4: qemushim.agent.v1.BlockDevice
+	(*MountBlockRequest)(nil),   // 5: qemushim.agent.v1.MountBlockRequest
+	(*MountBlockResponse)(nil),  // 6: qemushim.agent.v1.MountBlockResponse
+	(*UnmountBlockRequest)(nil), // 7: qemushim.agent.v1.UnmountBlockRequest
+	(*ReadFileRequest)(nil),     // 8: qemushim.agent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),    // 9: qemushim.agent.v1.ReadFileResponse
+	(*ShutdownRequest)(nil),     // 10: qemushim.agent.v1.ShutdownRequest
+	(*emptypb.Empty)(nil),       // 11: google.protobuf.Empty
 }
 var file_task_agent_v1_agent_proto_depIdxs = []int32{
-	3,  // 0: qemushim.agent.v1.InfoResponse.block_devices:type_name -> qemushim.agent.v1.BlockDevice
-	2,  // 1: qemushim.agent.v1.InfoResponse.boot_timeline:type_name -> qemushim.agent.v1.BootStep
-	0,  // 2: qemushim.agent.v1.Agent.Info:input_type -> qemushim.agent.v1.InfoRequest
-	4,  // 3: qemushim.agent.v1.Agent.MountBlock:input_type -> qemushim.agent.v1.MountBlockRequest
-	6,  // 4: qemushim.agent.v1.Agent.UnmountBlock:input_type -> qemushim.agent.v1.UnmountBlockRequest
-	7,  // 5: qemushim.agent.v1.Agent.ReadFile:input_type -> qemushim.agent.v1.ReadFileRequest
-	9,  // 6: qemushim.agent.v1.Agent.Shutdown:input_type -> qemushim.agent.v1.ShutdownRequest
-	1,  // 7: qemushim.agent.v1.Agent.Info:output_type -> qemushim.agent.v1.InfoResponse
-	5,  // 8: qemushim.agent.v1.Agent.MountBlock:output_type -> qemushim.agent.v1.MountBlockResponse
-	10, // 9: qemushim.agent.v1.Agent.UnmountBlock:output_type -> google.protobuf.Empty
-	8,  // 10: qemushim.agent.v1.Agent.ReadFile:output_type -> qemushim.agent.v1.ReadFileResponse
-	10, // 11: qemushim.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
-	7,  // [7:12] is the sub-list for method output_type
-	2,  // [2:7] is the sub-list for method input_type
-	2,  // [2:2] is the sub-list for extension type_name
-	2,  // [2:2] is the sub-list for extension extendee
-	0,  // [0:2] is the sub-list for field type_name
+	4,  // 0: qemushim.agent.v1.InfoResponse.block_devices:type_name -> qemushim.agent.v1.BlockDevice
+	3,  // 1: qemushim.agent.v1.InfoResponse.boot_timeline:type_name -> qemushim.agent.v1.BootStep
+	2,  // 2: qemushim.agent.v1.InfoResponse.interfaces:type_name -> qemushim.agent.v1.NetInterface
+	0,  // 3: qemushim.agent.v1.Agent.Info:input_type -> qemushim.agent.v1.InfoRequest
+	5,  // 4: qemushim.agent.v1.Agent.MountBlock:input_type -> qemushim.agent.v1.MountBlockRequest
+	7,  // 5: qemushim.agent.v1.Agent.UnmountBlock:input_type -> qemushim.agent.v1.UnmountBlockRequest
+	8,  // 6: qemushim.agent.v1.Agent.ReadFile:input_type -> qemushim.agent.v1.ReadFileRequest
+	10, // 7: qemushim.agent.v1.Agent.Shutdown:input_type -> qemushim.agent.v1.ShutdownRequest
+	1,  // 8: qemushim.agent.v1.Agent.Info:output_type -> qemushim.agent.v1.InfoResponse
+	6,  // 9: qemushim.agent.v1.Agent.MountBlock:output_type -> qemushim.agent.v1.MountBlockResponse
+	11, // 10: qemushim.agent.v1.Agent.UnmountBlock:output_type -> google.protobuf.Empty
+	9,  // 11: qemushim.agent.v1.Agent.ReadFile:output_type -> qemushim.agent.v1.ReadFileResponse
+	11, // 12: qemushim.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
+	8,  // [8:13] is the sub-list for method output_type
+	3,  // [3:8] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_task_agent_v1_agent_proto_init() }
@@ -748,7 +816,7 @@ func file_task_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_task_agent_v1_agent_proto_rawDesc), len(file_task_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
