@@ -636,6 +636,21 @@ func (s *Service) forward(ctx context.Context, e *eventsapi.Envelope) {
 		log.G(ctx).WithError(err).WithField("topic", e.Topic).Warn("undecodable event from the agent")
 		return
 	}
+	// The guest is not trusted: only task events, under their own topics,
+	// about containers of this shim, go on to containerd.
+	if !taskEvent(e.Topic, v) {
+		log.G(ctx).WithField("topic", e.Topic).WithField("type", fmt.Sprintf("%T", v)).Warn("unexpected event from the agent: dropped")
+		return
+	}
+	if c, ok := v.(interface{ GetContainerID() string }); ok {
+		s.mu.Lock()
+		_, known := s.containers[c.GetContainerID()]
+		s.mu.Unlock()
+		if !known && e.Topic != "/tasks/delete" {
+			log.G(ctx).WithField("topic", e.Topic).WithField("container", c.GetContainerID()).Warn("event about an unknown container: dropped")
+			return
+		}
+	}
 	if exit, ok := v.(*eventstypes.TaskExit); ok {
 		execID := exit.ID
 		if execID == exit.ContainerID {
@@ -656,6 +671,31 @@ func (s *Service) forward(ctx context.Context, e *eventsapi.Envelope) {
 	if err := s.publisher.Publish(ctx, e.Topic, v); err != nil {
 		log.G(ctx).WithError(err).WithField("topic", e.Topic).Warn("publish event")
 	}
+}
+
+// taskEvent says whether v is the task event that topic names.
+func taskEvent(topic string, v any) bool {
+	switch v.(type) {
+	case *eventstypes.TaskCreate:
+		return topic == "/tasks/create"
+	case *eventstypes.TaskStart:
+		return topic == "/tasks/start"
+	case *eventstypes.TaskExit:
+		return topic == "/tasks/exit"
+	case *eventstypes.TaskDelete:
+		return topic == "/tasks/delete"
+	case *eventstypes.TaskExecAdded:
+		return topic == "/tasks/exec-added"
+	case *eventstypes.TaskExecStarted:
+		return topic == "/tasks/exec-started"
+	case *eventstypes.TaskPaused:
+		return topic == "/tasks/paused"
+	case *eventstypes.TaskResumed:
+		return topic == "/tasks/resumed"
+	case *eventstypes.TaskOOM:
+		return topic == "/tasks/oom"
+	}
+	return false
 }
 
 // watchVM reports every process as killed if the VM dies under them.
