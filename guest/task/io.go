@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/go-runc"
 	"github.com/containerd/log"
 
+	"github.com/qemu-shim/qemu-shim/internal/syncutil"
 	"github.com/qemu-shim/qemu-shim/task/conn"
 )
 
@@ -187,16 +188,7 @@ func (p *procIO) closeStdin() {
 }
 
 // wait waits up to d for the output to be copied out.
-func (p *procIO) wait(d time.Duration) bool {
-	done := make(chan struct{})
-	go func() { p.copies.Wait(); close(done) }()
-	select {
-	case <-done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
+func (p *procIO) wait(d time.Duration) bool { return syncutil.WaitTimeout(&p.copies, d) }
 
 func (p *procIO) resize(ws console.WinSize) error {
 	if p.console == nil {

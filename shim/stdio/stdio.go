@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/fifo"
 	"github.com/containerd/log"
 
+	"github.com/qemu-shim/qemu-shim/internal/syncutil"
 	"github.com/qemu-shim/qemu-shim/task/conn"
 )
 
@@ -238,16 +239,7 @@ func (p *IO) CloseStdin() {
 }
 
 // Wait waits up to d for every output to be copied out.
-func (p *IO) Wait(d time.Duration) bool {
-	done := make(chan struct{})
-	go func() { p.outputs.Wait(); close(done) }()
-	select {
-	case <-done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
+func (p *IO) Wait(d time.Duration) bool { return syncutil.WaitTimeout(&p.outputs, d) }
 
 // Close releases everything; a logging binary gets time to finish.
 func (p *IO) Close() error {

@@ -501,31 +501,28 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	return resp, nil
 }
 
-// Pids lists a container's processes.
-func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
+// toAgent passes a call on to the guest as it is.
+func toAgent[Resp any](s *Service, call func(taskAPI.TTRPCTaskService) (*Resp, error)) (*Resp, error) {
 	a, err := s.agentClient()
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	return a.Pids(ctx, r)
+	return call(a)
+}
+
+// Pids lists a container's processes.
+func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
+	return toAgent(s, func(a taskAPI.TTRPCTaskService) (*taskAPI.PidsResponse, error) { return a.Pids(ctx, r) })
 }
 
 // Pause freezes a container.
 func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
-	a, err := s.agentClient()
-	if err != nil {
-		return nil, toGRPC(err)
-	}
-	return a.Pause(ctx, r)
+	return toAgent(s, func(a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Pause(ctx, r) })
 }
 
 // Resume thaws it.
 func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
-	a, err := s.agentClient()
-	if err != nil {
-		return nil, toGRPC(err)
-	}
-	return a.Resume(ctx, r)
+	return toAgent(s, func(a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Resume(ctx, r) })
 }
 
 // Checkpoint is not supported.
@@ -535,11 +532,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 
 // ResizePty resizes a terminal.
 func (s *Service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*emptypb.Empty, error) {
-	a, err := s.agentClient()
-	if err != nil {
-		return nil, toGRPC(err)
-	}
-	return a.ResizePty(ctx, r)
+	return toAgent(s, func(a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.ResizePty(ctx, r) })
 }
 
 // CloseIO closes a process's stdin.
@@ -556,11 +549,7 @@ func (s *Service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*empt
 
 // Stats returns the container's cgroup v2 metrics from the guest.
 func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
-	a, err := s.agentClient()
-	if err != nil {
-		return nil, toGRPC(err)
-	}
-	return a.Stats(ctx, r)
+	return toAgent(s, func(a taskAPI.TTRPCTaskService) (*taskAPI.StatsResponse, error) { return a.Stats(ctx, r) })
 }
 
 // Connect reports the shim and the container's init.

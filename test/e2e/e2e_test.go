@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -23,31 +22,14 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/qemu-shim/qemu-shim/internal/busybox"
+	"github.com/qemu-shim/qemu-shim/internal/syncutil"
 )
-
-// syncBuffer collects output from containerd's copy goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type ctr struct {
 	t         *testing.T
 	container containerd.Container
 	task      containerd.Task
-	out       *syncBuffer
+	out       *syncutil.Buffer
 	exitC     <-chan containerd.ExitStatus
 }
 
@@ -74,7 +56,7 @@ func newContainer(ctx context.Context, t *testing.T, id string, stdin io.Reader,
 		}
 		c.Delete(ctx, containerd.WithSnapshotCleanup)
 	})
-	out := &syncBuffer{}
+	out := &syncutil.Buffer{}
 	ioOpts := []cio.Opt{cio.WithStreams(stdin, out, out)}
 	if terminal {
 		ioOpts = append(ioOpts, cio.WithTerminal)
@@ -130,7 +112,7 @@ func (c *ctr) exec(ctx context.Context, id string, args ...string) (uint32, stri
 	pspec := *spec.Process
 	pspec.Args = args
 	pspec.Terminal = false
-	out := &syncBuffer{}
+	out := &syncutil.Buffer{}
 	p, err := c.task.Exec(ctx, id, &pspec, cio.NewCreator(cio.WithStreams(nil, out, out)))
 	if err != nil {
 		c.t.Fatal(err)

@@ -4,7 +4,6 @@
 package rig
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -23,6 +22,7 @@ import (
 
 	guesttask "github.com/qemu-shim/qemu-shim/guest/task"
 	"github.com/qemu-shim/qemu-shim/internal/busybox"
+	"github.com/qemu-shim/qemu-shim/internal/syncutil"
 	"github.com/qemu-shim/qemu-shim/task/conn"
 	eventsapi "github.com/qemu-shim/qemu-shim/task/events/v1"
 	"github.com/qemu-shim/qemu-shim/vm"
@@ -156,33 +156,15 @@ func (r *Rig) Topics(id string) []string {
 // Proc is the host's end of a process's stdio.
 type Proc struct {
 	Stdin  net.Conn
-	Out    *SyncBuffer
+	Out    *syncutil.Buffer
 	OutEOF chan struct{}
 	Fields [3]string // stdin, stdout, stderr as Create and Exec take them
-}
-
-// SyncBuffer is a bytes.Buffer safe for one writer and many readers.
-type SyncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *SyncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *SyncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // OpenStdio opens the streams for one process; stdout and stderr both
 // collect into Out.
 func (r *Rig) OpenStdio(ctx context.Context, name string, stdin, terminal bool) (*Proc, error) {
-	p := &Proc{Out: &SyncBuffer{}, OutEOF: make(chan struct{})}
+	p := &Proc{Out: &syncutil.Buffer{}, OutEOF: make(chan struct{})}
 	var wg sync.WaitGroup
 	outputs := []string{"stdout"}
 	if !terminal {
