@@ -158,6 +158,7 @@ func run(ctx context.Context) error {
 		Transport:    string(kind),
 		ModulesReady: modulesReady,
 		Answered:     answered,
+		Step:         step,
 		Modules: func() []string {
 			modMu.Lock()
 			defer modMu.Unlock()
@@ -197,6 +198,11 @@ func run(ctx context.Context) error {
 		}
 		step("taskd-started")
 	}()
+	if log.GetLevel() >= log.DebugLevel {
+		for _, st := range svc.Timeline() {
+			log.G(ctx).WithField("at", time.Duration(st.AtNs)).Debug("boot step " + st.Name)
+		}
+	}
 	log.G(ctx).WithField("transport", kind).Debug("agent serving")
 	return server.Serve(ctx, demux.Listener())
 }

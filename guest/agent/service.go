@@ -54,8 +54,10 @@ type Service struct {
 	// Answered, when set, is closed after the first Info has been
 	// answered: the host is then connected and waiting for nothing.
 	Answered chan struct{}
+	// Step records a boot step.
+	Step func(name string)
 
-	answeredOnce sync.Once
+	answeredOnce, closeOnce sync.Once
 
 	mu     sync.Mutex
 	mounts map[string]string // name → path
@@ -95,8 +97,13 @@ func (s *Service) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoRespon
 	resp.Mounts = ownMounts()
 	resp.Interfaces = netInterfaces(s.SysfsRoot)
 	if s.Answered != nil {
+		s.answeredOnce.Do(func() {
+			if s.Step != nil {
+				s.Step("first-info")
+			}
+		})
 		// Let the reply go out before what waits on it takes the CPU.
-		time.AfterFunc(10*time.Millisecond, func() { s.answeredOnce.Do(func() { close(s.Answered) }) })
+		time.AfterFunc(10*time.Millisecond, func() { s.closeOnce.Do(func() { close(s.Answered) }) })
 	}
 	return resp, nil
 }
