@@ -311,19 +311,18 @@ func TestContainerLifecycle(t *testing.T) {
 	})
 
 	t.Run("exit while disconnected", func(t *testing.T) {
-		g.create(ctx, "away", []string{"sh", "-c", "trap 'usleep 200000; exit 9' TERM; while true; do usleep 50000; done"}, rig.CreateOpts{})
+		// The trap must be in place before SIGTERM: PID 1 of a container
+		// ignores signals it has no handler for.
+		p := g.create(ctx, "away", []string{"sh", "-c", "trap 'usleep 200000; exit 9' TERM; echo ready; while true; do usleep 50000; done"}, rig.CreateOpts{})
 		g.start(ctx, "away", "")
+		waitFor(ctx, t, "the trap", func() bool { return strings.Contains(p.Out.String(), "ready") })
 		if _, err := g.Tasks.Kill(ctx, &taskAPI.KillRequest{ID: "away", Signal: 15}); err != nil {
 			t.Fatal(err)
 		}
 		g.Disconnect()
-		reconnectCtx, cancel := context.WithTimeout(ctx, time.Minute)
-		defer cancel()
 		// Stay away past the exit (0.2 s after SIGTERM).
 		time.Sleep(time.Second)
-		if err := g.Inst.Reconnect(reconnectCtx); err != nil {
-			t.Fatal(err)
-		}
+		g.must(g.Inst.Reconnect(ctx))
 		g.must(g.Connect())
 		exit := g.waitEvent(ctx, "/tasks/exit", func(v any) bool { return v.(*eventstypes.TaskExit).ContainerID == "away" }).(*eventstypes.TaskExit)
 		if exit.ExitStatus != 9 {

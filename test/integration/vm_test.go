@@ -32,6 +32,7 @@ func bootVM(t *testing.T, edit func(*vm.Config)) *vm.Instance {
 		MaxCPUs:     4,
 		MemoryMiB:   256,
 		BootTimeout: 90 * time.Second,
+		Debug:       os.Getenv("QEMU_SHIM_DEBUG") == "1",
 	}
 	if edit != nil {
 		edit(&cfg)
@@ -46,6 +47,12 @@ func bootVM(t *testing.T, edit func(*vm.Config)) *vm.Instance {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		if t.Failed() {
+			// What the guest said is the best clue to a failure.
+			if b, err := os.ReadFile(filepath.Join(inst.StateDir(), "console.log")); err == nil {
+				t.Logf("guest console:\n%s", b)
+			}
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if err := inst.Shutdown(ctx); err != nil {
