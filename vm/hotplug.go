@@ -70,6 +70,9 @@ func (i *Instance) SetCPUs(ctx context.Context, n int) error {
 	if err := i.state.require(i.cfg.ID, "hot-plug CPUs", StateRunning); err != nil {
 		return err
 	}
+	if n < 1 {
+		return fmt.Errorf("vm %s: %d vCPUs: want at least 1: %w", i.cfg.ID, n, errdefs.ErrInvalidArgument)
+	}
 	if n > i.cfg.MaxCPUs {
 		return fmt.Errorf("vm %s: %d vCPUs asked, at most %d configured: %w", i.cfg.ID, n, i.cfg.MaxCPUs, errdefs.ErrInvalidArgument)
 	}
@@ -89,7 +92,9 @@ func (i *Instance) SetCPUs(ctx context.Context, n int) error {
 		}
 	}
 	if n < present {
-		return fmt.Errorf("vm %s: shrinking from %d to %d vCPUs: %w", i.cfg.ID, present, n, errdefs.ErrNotImplemented)
+		// The cloud kernel does not finish an ACPI eject of a vCPU (QEMU's
+		// device_del never completes), so vCPUs only grow.
+		return fmt.Errorf("vm %s: shrinking from %d to %d vCPUs: the guest cannot give vCPUs back: %w", i.cfg.ID, present, n, errdefs.ErrNotImplemented)
 	}
 	slices.SortFunc(free, func(a, b hotpluggableCPU) int { return coreID(a) - coreID(b) })
 	for _, s := range free[:n-present] {
@@ -208,15 +213,75 @@ func (i *Instance) RemoveMemory(ctx context.Context) (int, error) {
 	if len(i.hp.dimms) == 0 {
 		return 0, fmt.Errorf("vm %s: no hot-plugged memory to remove: %w", i.cfg.ID, errdefs.ErrNotFound)
 	}
-	d := i.hp.dimms[len(i.hp.dimms)-1]
+	return i.removeDIMM(ctx, len(i.hp.dimms)-1)
+}
+
+// removeDIMM unplugs one DIMM. Called with hp.mu held.
+func (i *Instance) removeDIMM(ctx context.Context, idx int) (int, error) {
+	d := i.hp.dimms[idx]
 	if err := i.unplug(ctx, d.id); err != nil {
 		return 0, err
 	}
-	i.hp.dimms = i.hp.dimms[:len(i.hp.dimms)-1]
+	i.hp.dimms = append(i.hp.dimms[:idx:idx], i.hp.dimms[idx+1:]...)
 	if err := i.qmp.Run(ctx, "object-del", map[string]any{"id": "mem-" + d.id}, nil); err != nil {
 		return d.sizeMiB, fmt.Errorf("vm %s: remove memory backend: %w", i.cfg.ID, err)
 	}
 	return d.sizeMiB, nil
+}
+
+// SetMemory brings the guest's memory (boot memory and DIMMs) to at least
+// mib, rounded up to 128 MiB, giving back DIMMs that are no longer needed:
+// a DIMM larger than the excess is replaced by a smaller one, plugged first
+// so that the guest never has less than asked. Unplugging needs the guest
+// to free the memory; when it cannot, the error says so and the memory
+// stays.
+func (i *Instance) SetMemory(ctx context.Context, mib int) error {
+	if err := i.state.require(i.cfg.ID, "resize memory", StateRunning); err != nil {
+		return err
+	}
+	mib = max((mib+127)/128*128, i.cfg.MemoryMiB)
+	if have := i.MemoryMiB(); mib > have {
+		return i.AddMemory(ctx, (mib-have+127)/128*128)
+	}
+	for {
+		i.hp.mu.Lock()
+		total := i.cfg.MemoryMiB
+		for _, d := range i.hp.dimms {
+			total += d.sizeMiB
+		}
+		excess := total - mib
+		idx := -1
+		for j := len(i.hp.dimms) - 1; j >= 0; j-- {
+			if i.hp.dimms[j].sizeMiB <= excess {
+				idx = j
+				break
+			}
+		}
+		if idx >= 0 {
+			_, err := i.removeDIMM(ctx, idx)
+			i.hp.mu.Unlock()
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		// Only DIMMs larger than the excess are left: replace the newest.
+		if excess < 128 || len(i.hp.dimms) == 0 {
+			i.hp.mu.Unlock()
+			return nil
+		}
+		replace := i.hp.dimms[len(i.hp.dimms)-1].sizeMiB - excess
+		i.hp.mu.Unlock()
+		if err := i.AddMemory(ctx, replace); err != nil {
+			return err
+		}
+		i.hp.mu.Lock()
+		_, err := i.removeDIMM(ctx, len(i.hp.dimms)-2)
+		i.hp.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // unplug asks QEMU to remove a device and waits until the guest let go.

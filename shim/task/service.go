@@ -68,6 +68,7 @@ type sharedDisk struct {
 
 type container struct {
 	id, bundle string
+	size       config.Size
 	owned      []ownedDisk
 	layers     []string // layer image paths it holds
 	procs      map[string]*proc
@@ -172,15 +173,21 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists)
 	}
 	bootedHere := false
+	c := &container{id: r.ID, bundle: r.Bundle, size: size, procs: map[string]*proc{}}
 	if s.vm == nil {
 		if err := s.boot(ctx, r.ID, cfg, size); err != nil {
 			return nil, err
 		}
 		bootedHere = true
-	} else if err := s.grow(ctx, size); err != nil {
-		return nil, err
+	} else {
+		// A pod's next container: the VM grows for it too.
+		s.containers[r.ID] = c
+		err := s.grow(ctx)
+		delete(s.containers, r.ID)
+		if err != nil {
+			return nil, err
+		}
 	}
-	c := &container{id: r.ID, bundle: r.Bundle, procs: map[string]*proc{}}
 	defer func() {
 		if retErr != nil {
 			s.releaseDisks(ctx, c)
@@ -497,6 +504,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		s.releaseDisks(ctx, c)
 		os.Remove(filepath.Join(c.bundle, VMIDFile))
 		delete(s.containers, r.ID)
+		if len(s.containers) > 0 && s.vm != nil {
+			s.shrink(ctx) // the rest of the pod needs less
+		}
 	}
 	return resp, nil
 }

@@ -32,44 +32,72 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 		return nil, toGRPC(fmt.Errorf("update resources: %v: %w", err, errdefs.ErrInvalidArgument))
 	}
 	s.mu.Lock()
-	err := s.grow(ctx, config.SizeOf(&res))
-	a := s.agent
-	s.mu.Unlock()
-	if err != nil {
+	defer s.mu.Unlock()
+	c := s.containers[r.ID]
+	old := c.size
+	c.size = config.SizeOf(&res)
+	// Grow before the cgroup may use more; shrink once it may not.
+	if err := s.grow(ctx); err != nil {
+		c.size = old
 		return nil, toGRPC(err)
 	}
-	return a.Update(ctx, r)
+	resp, err := s.agent.Update(ctx, r)
+	if err != nil {
+		c.size = old
+		return nil, err
+	}
+	s.shrink(ctx)
+	return resp, nil
 }
 
-// grow hot-plugs what a container's size needs beyond what the VM has.
-// Called with s.mu held.
-func (s *Service) grow(ctx context.Context, size config.Size) error {
+// target is what the VM needs for all its containers: their CPU quotas
+// and memory limits added up, on top of the configured base.
+func (s *Service) target() (cpus, memMiB int) {
+	cpus, memMiB = 0, s.cfg.VM.MemoryMiB
+	for _, c := range s.containers {
+		cpus += c.size.CPUs
+		memMiB += c.size.MemoryMiB
+	}
+	return max(cpus, s.cfg.VM.CPUs), memMiB
+}
+
+// shrink gives back memory no container needs any more: the newest DIMMs
+// while the rest still cover the target. The guest may refuse (memory in
+// use): that is logged, not an error. vCPUs stay (the guest cannot give
+// them back). Called with s.mu held.
+func (s *Service) shrink(ctx context.Context) {
+	_, mem := s.target()
+	if mem < s.vm.MemoryMiB() {
+		if err := s.vm.SetMemory(ctx, mem); err != nil {
+			log.G(ctx).WithError(err).Info("the guest kept some of its hot-plugged memory")
+		}
+	}
+}
+
+// grow hot-plugs what the containers need beyond what the VM has: their
+// CPU quotas and memory limits added up (the guest keeps its base memory
+// for itself). Called with s.mu held.
+func (s *Service) grow(ctx context.Context) error {
 	if s.vm == nil {
 		return fmt.Errorf("no VM: %w", errdefs.ErrFailedPrecondition)
 	}
+	cpus, mem := s.target()
 	info, err := s.vm.Info(ctx)
 	if err != nil {
 		return err
 	}
-	if size.CPUs > int(info.CpusOnline) {
-		if size.CPUs > s.vm.MaxCPUs() {
-			return fmt.Errorf("%d vCPUs asked, the VM can have at most %d (vm.max_cpus): %w", size.CPUs, s.vm.MaxCPUs(), errdefs.ErrInvalidArgument)
+	if cpus > int(info.CpusOnline) {
+		if cpus > s.vm.MaxCPUs() {
+			return fmt.Errorf("%d vCPUs asked, the VM can have at most %d (vm.max_cpus): %w", cpus, s.vm.MaxCPUs(), errdefs.ErrInvalidArgument)
 		}
-		if err := s.vm.SetCPUs(ctx, size.CPUs); err != nil {
+		if err := s.vm.SetCPUs(ctx, cpus); err != nil {
 			return err
 		}
 	}
-	if size.MemoryMiB > 0 {
-		// The guest keeps its base memory for itself; a container's limit
-		// is on top of it.
-		want := s.cfg.VM.MemoryMiB + size.MemoryMiB
-		have := s.vm.MemoryMiB()
-		if want > have {
-			add := (want - have + 127) / 128 * 128
-			log.G(ctx).WithField("add_mib", add).Info("hot-plugging memory")
-			if err := s.vm.AddMemory(ctx, add); err != nil {
-				return err
-			}
+	if mem > s.vm.MemoryMiB() {
+		log.G(ctx).WithField("memory_mib", mem).Info("hot-plugging memory")
+		if err := s.vm.SetMemory(ctx, mem); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -186,6 +186,15 @@ func TestExecKillPauseUpdate(t *testing.T) {
 		t.Errorf("container cgroup after update: %q", out)
 	}
 
+	// A lower limit gives the memory back.
+	limit = 64 << 20
+	if err := c.task.Update(ctx, containerd.WithResources(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})); err != nil {
+		t.Fatal(err)
+	}
+	if memShrunk := memTotalKiB(t, c, ctx); memShrunk > memBefore+128<<10 {
+		t.Errorf("MemTotal %d KiB after lowering the limit to 64 MiB, was %d KiB before growing", memShrunk, memBefore)
+	}
+
 	if err := c.task.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
