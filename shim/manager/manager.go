@@ -164,8 +164,11 @@ func (m *manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) 
 		dir := filepath.Join(cfg.VM.StateRoot, string(b))
 		if pid, err := vm.KillStale(dir); err != nil {
 			log.G(ctx).WithError(err).Warn("end the VM left by the shim")
-		} else if pid != 0 {
-			log.G(ctx).WithField("pid", pid).Warn("ended the QEMU left by the shim")
+		} else {
+			if pid != 0 {
+				log.G(ctx).WithField("pid", pid).Warn("ended the QEMU left by the shim")
+			}
+			// No QEMU owns it any more (a pod's VM dies with its shim).
 			os.RemoveAll(dir)
 		}
 		os.Remove(filepath.Join(bundle, task.VMIDFile))

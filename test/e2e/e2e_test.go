@@ -352,6 +352,53 @@ func TestPodSharesOneVM(t *testing.T) {
 	}
 }
 
+// TestShimCrashLeavesNoQEMU: when the shim dies, its QEMU dies with it,
+// containerd sees the task end, and the state directory goes.
+func TestShimCrashLeavesNoQEMU(t *testing.T) {
+	ctx := requireEnv(t)
+	c := mustContainer(ctx, t, "crash", "sleep", "1000")
+	shimPid := pidOf(t, "containerd-shim-qemu-v1.*-id crash( |$)")
+	qemuPid := pidOf(t, "qemu-system.*"+env.VMStateRoot()+"/crash/")
+	if err := syscall.Kill(shimPid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.exitC:
+	case <-ctx.Done():
+		t.Fatal("containerd never reported the task's end")
+	}
+	waitGone := func(pid int) bool { return syscall.Kill(pid, 0) != nil }
+	for !waitGone(qemuPid) {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("QEMU %d outlived its shim", qemuPid)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	c.task.Delete(ctx)
+	// containerd cleans up after a dead shim by running its delete action.
+	for {
+		if _, err := os.Stat(filepath.Join(env.VMStateRoot(), "crash")); os.IsNotExist(err) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("state directory of the crashed shim's VM left behind")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func pidOf(t *testing.T, pattern string) int {
+	t.Helper()
+	out, err := exec.Command("pgrep", "-f", pattern).Output()
+	if err != nil {
+		t.Fatalf("no process matches %q", pattern)
+	}
+	pid, _ := strconv.Atoi(strings.Fields(string(out))[0])
+	return pid
+}
+
 // TestZZNothingLeftBehind runs last (tests run in source order).
 func TestZZNothingLeftBehind(t *testing.T) {
 	requireEnv(t)
