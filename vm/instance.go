@@ -27,9 +27,12 @@ import (
 
 // File names inside a VM's state directory.
 const (
-	qmpSocketName   = "qmp.sock"
-	agentSocketName = "agent.sock"
-	consoleLogName  = "console.log"
+	qmpSocketName = "qmp.sock"
+	// OperatorQMPSocketName is the QMP monitor left for operators' tools.
+	OperatorQMPSocketName = "qmp-operator.sock"
+	agentSocketName       = "agent.sock"
+	// ConsoleLogName is the guest's console, kept while the VM runs.
+	ConsoleLogName = "console.log"
 )
 
 // Bounds of each shutdown step.
@@ -284,21 +287,22 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 		return nil, fmt.Errorf("vm %s: %w: %w", i.cfg.ID, err, errdefs.ErrInvalidArgument)
 	}
 	m := &cmdline.Machine{
-		Accel:         i.accel,
-		Firmware:      i.cfg.Firmware,
-		CPUs:          i.cfg.CPUs,
-		MaxCPUs:       i.cfg.MaxCPUs,
-		MemoryMiB:     i.cfg.MemoryMiB,
-		MaxMemoryMiB:  i.cfg.MaxMemoryMiB,
-		MemorySlots:   i.cfg.MemorySlots,
-		Kernel:        i.cfg.Kernel,
-		Initrd:        i.cfg.Initrd,
-		KernelCmdline: kernel.String(),
-		ConsoleLog:    filepath.Join(i.stateDir, consoleLogName),
-		QMPSocket:     filepath.Join(i.stateDir, qmpSocketName),
-		PidFile:       filepath.Join(i.stateDir, pidFileName),
-		HotplugPorts:  i.cfg.HotplugPorts,
-		Sandbox:       sandboxSupported(i.cfg.QEMU),
+		Accel:             i.accel,
+		Firmware:          i.cfg.Firmware,
+		CPUs:              i.cfg.CPUs,
+		MaxCPUs:           i.cfg.MaxCPUs,
+		MemoryMiB:         i.cfg.MemoryMiB,
+		MaxMemoryMiB:      i.cfg.MaxMemoryMiB,
+		MemorySlots:       i.cfg.MemorySlots,
+		Kernel:            i.cfg.Kernel,
+		Initrd:            i.cfg.Initrd,
+		KernelCmdline:     kernel.String(),
+		ConsoleLog:        filepath.Join(i.stateDir, ConsoleLogName),
+		QMPSocket:         filepath.Join(i.stateDir, qmpSocketName),
+		OperatorQMPSocket: filepath.Join(i.stateDir, OperatorQMPSocketName),
+		PidFile:           filepath.Join(i.stateDir, PidFileName),
+		HotplugPorts:      i.cfg.HotplugPorts,
+		Sandbox:           sandboxSupported(i.cfg.QEMU),
 	}
 	if i.cfg.Tools != "" {
 		m.Disks = append(m.Disks, cmdline.Disk{ID: agentapi.ToolsDiskSerial, Serial: agentapi.ToolsDiskSerial, Path: i.cfg.Tools, ReadOnly: true})
@@ -476,7 +480,7 @@ func (i *Instance) cleanup(ctx context.Context) {
 
 // consoleTail returns the end of the console log, to explain a failed boot.
 func (i *Instance) consoleTail() string {
-	b, err := os.ReadFile(filepath.Join(i.stateDir, consoleLogName))
+	b, err := os.ReadFile(filepath.Join(i.stateDir, ConsoleLogName))
 	if err != nil || len(b) == 0 {
 		return ""
 	}

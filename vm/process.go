@@ -111,14 +111,14 @@ func (t *tailBuffer) String() string {
 	return string(t.buf)
 }
 
-// pidFileName is QEMU's pid file inside a VM's state directory.
-const pidFileName = "qemu.pid"
+// PidFileName is QEMU's pid file inside a VM's state directory.
+const PidFileName = "qemu.pid"
 
 // KillStale ends a QEMU left running by an earlier process for the state
 // directory dir, if its pid file names a live QEMU that belongs to dir. It
 // returns the pid it killed, or 0.
 func KillStale(dir string) (int, error) {
-	b, err := os.ReadFile(filepath.Join(dir, pidFileName))
+	b, err := os.ReadFile(filepath.Join(dir, PidFileName))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return 0, nil

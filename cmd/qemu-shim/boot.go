@@ -18,6 +18,7 @@ func boot(args []string) error {
 	cpus := fs.Int("cpus", 1, "vCPUs")
 	mem := fs.Int("memory", 256, "memory in MiB")
 	accel := fs.String("accel", "auto", "auto, kvm or tcg")
+	hold := fs.Duration("hold", 0, "keep the VM running this long before shutting it down (to inspect it)")
 	fs.Parse(args)
 
 	inst, err := vm.New(vm.Config{
@@ -32,7 +33,7 @@ func boot(args []string) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute+*hold)
 	defer cancel()
 	start := time.Now()
 	if err := inst.Start(ctx); err != nil {
@@ -53,6 +54,13 @@ func boot(args []string) error {
 	fmt.Printf("  agent         %s, %d kernel modules loaded\n", info.AgentVersion, len(info.ModulesLoaded))
 	for _, s := range info.BootTimeline {
 		fmt.Printf("  boot step     %-18s at %v\n", s.Name, time.Duration(s.AtNs).Round(time.Millisecond))
+	}
+	if *hold > 0 {
+		fmt.Printf("holding the VM for %v (state directory %s)\n", *hold, inst.StateDir())
+		select {
+		case <-time.After(*hold):
+		case <-inst.Done():
+		}
 	}
 	start = time.Now()
 	if err := inst.Shutdown(ctx); err != nil {

@@ -18,6 +18,9 @@ const usage = `usage: qemu-shim COMMAND [flags]
 commands:
   check    report what this host has and lacks for qemu-shim, with fixes
   boot     boot a throw-away VM, print what its agent reports, shut it down
+  list     list the VMs under the state root, with their QEMU and its memory
+  inspect ID
+           what a running VM's QEMU has (status, vCPUs, memory, disks), as JSON
   busybox-image FILE
            write a small busybox OCI image (docker-archive) for 'ctr images import'
 `
@@ -33,6 +36,10 @@ func main() {
 		err = check(os.Args[2:])
 	case "boot":
 		err = boot(os.Args[2:])
+	case "list":
+		err = list(os.Args[2:])
+	case "inspect":
+		err = inspect(os.Args[2:])
 	case "busybox-image":
 		err = busyboxImage(os.Args[2:])
 	case "help", "-h", "--help":

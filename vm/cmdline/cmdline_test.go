@@ -62,6 +62,7 @@ func TestArgs(t *testing.T) {
 		{"virtio-mem", func(m *Machine) { m.VirtioMemMiB = 1024 }, [][2]string{
 			{"-object", "memory-backend-ram,id=vmem0,size=1024M"}, {"-device", "virtio-mem-pci,id=vmemdev0,memdev=vmem0,requested-size=0"},
 		}, nil},
+		{"operator qmp", func(m *Machine) { m.OperatorQMPSocket = "/run/x/ops.sock" }, [][2]string{{"-qmp", "unix:/run/x/ops.sock,server=on,wait=off"}, {"-qmp", "unix:/run/x/qmp.sock,server=on,wait=off"}}, nil},
 		{"sandbox", func(m *Machine) { m.Sandbox = true }, [][2]string{{"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"}}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -50,7 +50,10 @@ type Machine struct {
 
 	ConsoleLog string
 	QMPSocket  string
-	PidFile    string
+	// OperatorQMPSocket, when set, is a second QMP monitor for operators'
+	// tools, so that they never take the driver's.
+	OperatorQMPSocket string
+	PidFile           string
 
 	// The agent's transport: a virtio-serial port on AgentSocket (a Unix
 	// socket QEMU listens on), or vhost-vsock with VsockCID.
@@ -148,6 +151,9 @@ func (m *Machine) Args() ([]string, error) {
 		a = append(a, "-serial", "none")
 	}
 	a = append(a, "-qmp", "unix:"+escape(m.QMPSocket)+",server=on,wait=off")
+	if m.OperatorQMPSocket != "" {
+		a = append(a, "-qmp", "unix:"+escape(m.OperatorQMPSocket)+",server=on,wait=off")
+	}
 	if m.PidFile != "" {
 		a = append(a, "-pidfile", m.PidFile)
 	}
