@@ -43,6 +43,10 @@ type Config struct {
 	// MemoryMiB at boot; MaxMemoryMiB is the hot-plug ceiling;
 	// MemorySlots the number of DIMMs that may be added.
 	MemoryMiB, MaxMemoryMiB, MemorySlots int
+	// VirtioMemMiB, when set, adds a virtio-mem device that can give the
+	// guest up to that much more memory in 2 MiB steps, and take it back;
+	// SetMemory then uses it instead of DIMMs.
+	VirtioMemMiB int
 
 	// KernelParams are added to the default kernel command line.
 	KernelParams []string
@@ -141,6 +145,9 @@ func (c *Config) validate() error {
 	}
 	if c.MemoryMiB < 64 || c.MaxMemoryMiB < c.MemoryMiB {
 		return bad("memory %d MiB (max %d MiB)", c.MemoryMiB, c.MaxMemoryMiB)
+	}
+	if c.VirtioMemMiB < 0 || c.VirtioMemMiB%2 != 0 || c.MemoryMiB+c.VirtioMemMiB > c.MaxMemoryMiB {
+		return bad("virtio-mem %d MiB: want an even number that fits below the %d MiB maximum with the %d MiB at boot", c.VirtioMemMiB, c.MaxMemoryMiB, c.MemoryMiB)
 	}
 	seen := map[string]bool{}
 	for i := range c.Disks {

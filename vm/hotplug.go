@@ -32,6 +32,8 @@ type hotplugState struct {
 	dimms []dimm
 	cpus  []string // device ids of hot-plugged CPUs, in plug order
 	seq   int
+	// virtioMemMiB is what the virtio-mem device was last asked to give.
+	virtioMemMiB int
 }
 
 type dimm struct {
@@ -143,11 +145,46 @@ func (i *Instance) MaxCPUs() int { return i.cfg.MaxCPUs }
 func (i *Instance) MemoryMiB() int {
 	i.hp.mu.Lock()
 	defer i.hp.mu.Unlock()
-	total := i.cfg.MemoryMiB
+	total := i.cfg.MemoryMiB + i.hp.virtioMemMiB
 	for _, d := range i.hp.dimms {
 		total += d.sizeMiB
 	}
 	return total
+}
+
+// virtioMemPath is the virtio-mem device in QEMU's object tree.
+const virtioMemPath = "/machine/peripheral/vmemdev0"
+
+// setVirtioMem asks the virtio-mem device for mib and waits until QEMU
+// reports the guest plugged (or unplugged) that much. QEMU's size-change
+// event is rate-limited, so it polls the device's size instead.
+func (i *Instance) setVirtioMem(ctx context.Context, mib int) error {
+	if mib < 0 || mib > i.cfg.VirtioMemMiB {
+		return fmt.Errorf("vm %s: virtio-mem %d MiB: at most %d: %w", i.cfg.ID, mib, i.cfg.VirtioMemMiB, errdefs.ErrInvalidArgument)
+	}
+	mib = (mib + 1) / 2 * 2
+	want := uint64(mib) << 20
+	if err := i.qmp.Run(ctx, "qom-set", map[string]any{"path": virtioMemPath, "property": "requested-size", "value": want}, nil); err != nil {
+		return fmt.Errorf("vm %s: virtio-mem: %w", i.cfg.ID, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, guestSettleTimeout)
+	defer cancel()
+	for {
+		var size uint64
+		if err := i.qmp.Run(ctx, "qom-get", map[string]any{"path": virtioMemPath, "property": "size"}, &size); err != nil {
+			return fmt.Errorf("vm %s: virtio-mem size: %w", i.cfg.ID, err)
+		}
+		if size == want {
+			i.hp.virtioMemMiB = mib
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			i.hp.virtioMemMiB = int(size >> 20)
+			return fmt.Errorf("vm %s: the guest holds %d MiB of virtio-mem, %d MiB asked: %w", i.cfg.ID, size>>20, mib, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // Info asks the agent what the guest sees.
@@ -238,6 +275,11 @@ func (i *Instance) removeDIMM(ctx context.Context, idx int) (int, error) {
 func (i *Instance) SetMemory(ctx context.Context, mib int) error {
 	if err := i.state.require(i.cfg.ID, "resize memory", StateRunning); err != nil {
 		return err
+	}
+	if i.cfg.VirtioMemMiB > 0 {
+		i.hp.mu.Lock()
+		defer i.hp.mu.Unlock()
+		return i.setVirtioMem(ctx, max(mib-i.cfg.MemoryMiB, 0))
 	}
 	mib = max((mib+127)/128*128, i.cfg.MemoryMiB)
 	if have := i.MemoryMiB(); mib > have {

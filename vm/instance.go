@@ -294,6 +294,7 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 		MemoryMiB:         i.cfg.MemoryMiB,
 		MaxMemoryMiB:      i.cfg.MaxMemoryMiB,
 		MemorySlots:       i.cfg.MemorySlots,
+		VirtioMemMiB:      i.cfg.VirtioMemMiB,
 		Kernel:            i.cfg.Kernel,
 		Initrd:            i.cfg.Initrd,
 		KernelCmdline:     kernel.String(),

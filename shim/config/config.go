@@ -42,6 +42,7 @@ type VM struct {
 	MaxCPUs      int      `toml:"max_cpus"`
 	MemoryMiB    int      `toml:"memory_mib"`
 	MaxMemoryMiB int      `toml:"max_memory_mib"`
+	VirtioMemMiB int      `toml:"virtio_mem_mib"`
 	BootTimeout  Duration `toml:"boot_timeout"`
 	StateRoot    string   `toml:"state_root"`
 	KernelParams []string `toml:"kernel_params"`
@@ -132,6 +133,8 @@ func (c *Config) Validate() error {
 		return bad("vm.memory_mib %d: want at least 128", v.MemoryMiB)
 	case v.MaxMemoryMiB < v.MemoryMiB:
 		return bad("vm.max_memory_mib %d is below vm.memory_mib %d", v.MaxMemoryMiB, v.MemoryMiB)
+	case v.VirtioMemMiB < 0 || v.VirtioMemMiB%2 != 0:
+		return bad("vm.virtio_mem_mib %d: want 0 or an even number", v.VirtioMemMiB)
 	case v.Accel != "auto" && v.Accel != "kvm" && v.Accel != "tcg":
 		return bad("vm.accel %q: want auto, kvm or tcg", v.Accel)
 	case v.Transport != "auto" && v.Transport != "vsock" && v.Transport != "serial":

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -333,5 +334,41 @@ func TestAttachDetachNIC(t *testing.T) {
 	}
 	if err := inst.AttachNIC(ctx, vm.NIC{ID: "nic3", Tap: tap, MAC: "not-a-mac"}); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("bad mac: got %v", err)
+	}
+}
+
+func TestVirtioMem(t *testing.T) {
+	t.Parallel()
+	inst := bootVM(t, func(c *vm.Config) { c.VirtioMemMiB = 512 })
+	ctx := testContext(t)
+	// virtio_mem loads once the host has its first answer.
+	waitFor(ctx, t, "virtio_mem loaded", func() bool {
+		info, err := inst.Info(ctx)
+		return err == nil && slices.Contains(info.ModulesLoaded, "virtio_mem")
+	})
+	before, err := inst.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := inst.SetMemory(ctx, 256+256); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("virtio-mem +256 MiB in %v", time.Since(start))
+	waitFor(ctx, t, "MemTotal +256 MiB", func() bool {
+		info, err := inst.Info(ctx)
+		return err == nil && info.MemoryTotalBytes == before.MemoryTotalBytes+256<<20
+	})
+	start = time.Now()
+	if err := inst.SetMemory(ctx, 256); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("virtio-mem -256 MiB in %v", time.Since(start))
+	waitFor(ctx, t, "MemTotal back", func() bool {
+		info, err := inst.Info(ctx)
+		return err == nil && info.MemoryTotalBytes == before.MemoryTotalBytes
+	})
+	if err := inst.SetMemory(ctx, 256+1024); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("beyond the virtio-mem size: got %v", err)
 	}
 }
