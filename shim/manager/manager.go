@@ -174,6 +174,10 @@ func (m *manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) 
 		os.Remove(filepath.Join(bundle, task.VMIDFile))
 	}
 	os.Remove(filepath.Join(bundle, rootfs.UpperImageName))
+	// The dead shim could not remove its socket.
+	if address := task.ShimAddress(bundle); address != "" {
+		shim.RemoveSocket(address)
+	}
 	return shim.StopStatus{ExitStatus: 128 + int(syscall.SIGKILL), ExitedAt: time.Now()}, nil
 }
 

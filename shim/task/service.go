@@ -94,6 +94,15 @@ var _ taskAPI.TTRPCTaskService = (*Service)(nil)
 // New returns the service; the VM boots at the first Create.
 func New(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) (*Service, error) {
 	s := &Service{ctx: ctx, publisher: publisher, shutdown: sd, containers: map[string]*container{}, layers: map[string]*sharedDisk{}}
+	// The socket goes when the shim does. containerd records its address in
+	// the bundle (our working directory) once the shim has started, so it
+	// is read at the end.
+	sd.RegisterCallback(func(context.Context) error {
+		if address := ShimAddress("."); address != "" {
+			return shim.RemoveSocket(address)
+		}
+		return nil
+	})
 	sd.RegisterCallback(func(context.Context) error {
 		s.mu.Lock()
 		inst := s.vm
@@ -106,6 +115,23 @@ func New(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) (*S
 		return nil
 	})
 	return s, nil
+}
+
+// ShimAddress returns the socket address containerd recorded in a bundle:
+// bootstrap.json (containerd 2.x) or the older address file.
+func ShimAddress(bundle string) string {
+	if b, err := os.ReadFile(filepath.Join(bundle, "bootstrap.json")); err == nil {
+		var boot struct {
+			Address string `json:"address"`
+		}
+		if json.Unmarshal(b, &boot) == nil && boot.Address != "" {
+			return boot.Address
+		}
+	}
+	if address, err := shim.ReadAddress(filepath.Join(bundle, "address")); err == nil {
+		return address
+	}
+	return ""
 }
 
 // toGRPC maps errdefs errors to status codes for containerd.

@@ -62,10 +62,21 @@ func requireEnv(t *testing.T) context.Context {
 // ctrCommand runs the ctr binary against the private containerd.
 func ctrCommand(ctx context.Context, args ...string) *exec.Cmd { return env.Ctr(ctx, args...) }
 
+// started is when the tests began.
+var started = time.Now()
+
 // leftovers lists what a deleted container must not leave: QEMU processes
-// of this run, VM state directories, mounts of the run's directories.
+// of this run, VM state directories, mounts of the run's directories,
+// shim sockets made during the run.
 func leftovers() []string {
 	var out []string
+	if entries, err := os.ReadDir("/run/containerd/s"); err == nil {
+		for _, e := range entries {
+			if info, err := e.Info(); err == nil && info.ModTime().After(started) {
+				out = append(out, "shim socket: /run/containerd/s/"+e.Name())
+			}
+		}
+	}
 	if b, err := exec.Command("pgrep", "-af", "qemu-system.*"+env.run).Output(); err == nil && len(bytes.TrimSpace(b)) > 0 {
 		out = append(out, "processes: "+string(b))
 	}
