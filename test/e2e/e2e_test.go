@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -315,6 +316,12 @@ func TestBadInputGivesClearErrors(t *testing.T) {
 	out, err := ctrCommand(ctx, "run", "--rm", "--runtime", runtimeName, "--annotation", "io.qemu-shim.vm.memory_mib=-5", busybox.DefaultRef, "ctr-bad", "true").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "io.qemu-shim.vm.memory_mib") {
 		t.Errorf("ctr run with a bad annotation: %v: %s", err, out)
+	}
+	out, err = ctrCommand(ctx, "run", "--rm", "--runtime", runtimeName, "--runtime-config-path", cfg, busybox.DefaultRef, "ctr-nokernel", "true").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "/nonexistent/vmlinux") {
+		t.Errorf("ctr run with a missing kernel: %v: %s", err, out)
+	} else {
+		t.Logf("ctr run says: %s", bytes.TrimSpace(out))
 	}
 }
 
