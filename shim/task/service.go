@@ -418,11 +418,7 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if _, _, err := s.lookup(r.ID, r.ExecID); err != nil {
 		return nil, toGRPC(err)
 	}
-	a, err := s.agentClient()
-	if err != nil {
-		return nil, toGRPC(err)
-	}
-	return a.Start(ctx, r)
+	return toAgent(s, func(a taskAPI.TTRPCTaskService) (*taskAPI.StartResponse, error) { return a.Start(ctx, r) })
 }
 
 // Exec adds a process to a container.
@@ -463,11 +459,7 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 	if _, _, err := s.lookup(r.ID, r.ExecID); err != nil {
 		return nil, toGRPC(err)
 	}
-	a, err := s.agentClient()
-	if err != nil {
-		return nil, toGRPC(err)
-	}
-	return a.Kill(ctx, r)
+	return toAgent(s, func(a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) { return a.Kill(ctx, r) })
 }
 
 // Wait returns once the process's exit has been reported (its output
