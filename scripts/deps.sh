@@ -9,7 +9,7 @@ packages=(
 	kmod cpio lz4                # guest image: depmod, initramfs, vmlinux unpacking
 	busybox-static               # the busybox test and quickstart image
 	libseccomp-dev pkg-config gcc libc6-dev # static runc with seccomp for the guest
-	iproute2 ca-certificates
+	iproute2 procps ca-certificates # ip (tap devices in tests), pgrep
 )
 missing=()
 for p in "${packages[@]}"; do
