@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -198,6 +199,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if _, ok := s.containers[r.ID]; ok {
 		return nil, fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists)
 	}
+	began := time.Now()
 	bootedHere := false
 	c := &container{id: r.ID, bundle: r.Bundle, size: size, procs: map[string]*proc{}}
 	if s.vm == nil {
@@ -225,6 +227,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := os.WriteFile(filepath.Join(r.Bundle, VMIDFile), []byte(s.vm.ID()), 0o600); err != nil {
 		return nil, err
 	}
+	booted := time.Now()
 
 	conv := &rootfs.Converter{LayerCache: s.cfg.Rootfs.LayerCache, UpperSizeMiB: s.cfg.Rootfs.UpperSizeMiB}
 	disks, err := conv.Convert(ctx, r.Bundle, r.Rootfs)
@@ -244,6 +247,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		guestRootfs = append(guestRootfs, m)
 	}
 
+	attached := time.Now()
 	host := stdio.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
 	pio, guest, err := s.openIO(ctx, r.ID, host)
 	if err != nil {
@@ -262,6 +266,19 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	c.procs[""] = p
 	s.containers[r.ID] = c
+	log.G(ctx).WithField("vm", booted.Sub(began)).WithField("disks", attached.Sub(booted)).
+		WithField("guest", time.Since(attached)).Debug("container created")
+	if log.GetLevel() < log.DebugLevel {
+		return resp, nil
+	}
+	// Where the guest's boot time went, for whoever debugs start-up.
+	if info, err := s.vm.Info(ctx); err == nil {
+		var steps []string
+		for _, st := range info.BootTimeline {
+			steps = append(steps, fmt.Sprintf("%s@%.3f", st.Name, float64(st.AtNs)/1e9))
+		}
+		log.G(ctx).WithField("steps", strings.Join(steps, " ")).WithField("uptime", float64(info.UptimeNs)/1e9).Debug("guest timeline")
+	}
 	return resp, nil
 }
 
