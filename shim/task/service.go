@@ -421,6 +421,13 @@ func (s *Service) lookup(id, execID string) (*container, *proc, error) {
 	return c, p, nil
 }
 
+// vmRunning says whether the VM is up.
+func (s *Service) vmRunning() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.vm != nil && s.vm.State() == vm.StateRunning
+}
+
 func (s *Service) agentClient() (taskAPI.TTRPCTaskService, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -521,13 +528,25 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	a, err := s.agentClient()
-	if err != nil {
-		return nil, toGRPC(err)
-	}
-	resp, err := a.Delete(ctx, r)
-	if err != nil {
-		return nil, err
+	var resp *taskAPI.DeleteResponse
+	if s.vmRunning() {
+		a, err := s.agentClient()
+		if err != nil {
+			return nil, toGRPC(err)
+		}
+		if resp, err = a.Delete(ctx, r); err != nil {
+			return nil, err
+		}
+	} else {
+		// The VM is gone and its processes with it (watchVM reported
+		// their exits): there is nothing left in the guest to delete.
+		p.mu.Lock()
+		e := p.exit
+		p.mu.Unlock()
+		if e == nil {
+			e = &eventstypes.TaskExit{ExitStatus: 137, ExitedAt: timestamppb.Now()}
+		}
+		resp = &taskAPI.DeleteResponse{Pid: e.Pid, ExitStatus: e.ExitStatus, ExitedAt: e.ExitedAt}
 	}
 	p.io.Close()
 	s.mu.Lock()

@@ -406,6 +406,19 @@ func pidOf(t *testing.T, pattern string) int {
 	return pid
 }
 
+// TestQEMUCrash: when the VM dies under a container, containerd sees the
+// task killed, and deleting it works and leaves nothing.
+func TestQEMUCrash(t *testing.T) {
+	ctx := requireEnv(t)
+	c := mustContainer(ctx, t, "vmcrash", "sleep", "1000")
+	if err := syscall.Kill(pidOf(t, "qemu-system.*"+env.VMStateRoot()+"/vmcrash/"), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := c.finish(ctx); status != 137 {
+		t.Errorf("exit %d after the VM died, want 137", status)
+	}
+}
+
 // TestZZNothingLeftBehind runs last (tests run in source order).
 func TestZZNothingLeftBehind(t *testing.T) {
 	requireEnv(t)
