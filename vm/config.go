@@ -52,6 +52,8 @@ type Config struct {
 	KernelParams []string
 	// Disks present at boot.
 	Disks []Disk
+	// NICs present at boot, on existing tap devices.
+	NICs []NIC
 	// AllowedDiskRoots bounds where disk images may come from; empty
 	// allows any existing path.
 	AllowedDiskRoots []string
@@ -137,7 +139,7 @@ func (c *Config) validate() error {
 			return bad("no %s", f.what)
 		}
 		if _, err := os.Stat(f.path); err != nil {
-			return bad("%s %s: %v (build it with 'make guest')", f.what, f.path, err)
+			return bad("%s %s: %v (build it with 'make guest'; 'make install' puts it in /usr/local/share/qemu-shim)", f.what, f.path, err)
 		}
 	}
 	if c.CPUs < 1 || c.MaxCPUs < c.CPUs {
@@ -150,6 +152,15 @@ func (c *Config) validate() error {
 		return bad("virtio-mem %d MiB: want an even number that fits below the %d MiB maximum with the %d MiB at boot", c.VirtioMemMiB, c.MaxMemoryMiB, c.MemoryMiB)
 	}
 	seen := map[string]bool{}
+	for _, n := range c.NICs {
+		if err := n.check(); err != nil {
+			return err
+		}
+		if seen[n.ID] {
+			return bad("device id %q used twice", n.ID)
+		}
+		seen[n.ID] = true
+	}
 	for i := range c.Disks {
 		if err := c.checkDisk(&c.Disks[i]); err != nil {
 			return err

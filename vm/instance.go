@@ -200,7 +200,15 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 		return fmt.Errorf("vm %s: %w: %w", i.cfg.ID, err, errdefs.ErrInvalidArgument)
 	}
 	log.G(ctx).WithField("vm", i.cfg.ID).WithField("args", strings.Join(args, " ")).Debug("starting QEMU")
-	if i.proc, err = startProcess(i.cfg.QEMU, args, nil); err != nil {
+	taps, err := i.openTaps()
+	if err != nil {
+		return err
+	}
+	i.proc, err = startProcess(i.cfg.QEMU, args, taps)
+	for _, t := range taps {
+		t.Close() // QEMU has its own copies
+	}
+	if err != nil {
 		return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
 	}
 	go i.watchExit()
@@ -308,6 +316,10 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 	if i.cfg.Tools != "" {
 		m.Disks = append(m.Disks, cmdline.Disk{ID: agentapi.ToolsDiskSerial, Serial: agentapi.ToolsDiskSerial, Path: i.cfg.Tools, ReadOnly: true})
 	}
+	for n, nic := range i.cfg.NICs {
+		// The taps are QEMU's descriptors 3, 4, ... (see openTaps).
+		m.NICs = append(m.NICs, cmdline.NIC{ID: nic.ID, FD: 3 + n, MAC: nic.MAC})
+	}
 	for _, d := range i.cfg.Disks {
 		m.Disks = append(m.Disks, cmdline.Disk{ID: d.ID, Serial: d.ID, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly})
 	}
@@ -326,6 +338,22 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 	}
 	i.hp.init(i.cfg)
 	return m, nil
+}
+
+// openTaps opens the boot NICs' taps, in order, for QEMU to inherit.
+func (i *Instance) openTaps() ([]*os.File, error) {
+	var taps []*os.File
+	for _, n := range i.cfg.NICs {
+		t, err := openTap(n.Tap)
+		if err != nil {
+			for _, o := range taps {
+				o.Close()
+			}
+			return nil, fmt.Errorf("vm %s: nic %s: %w", i.cfg.ID, n.ID, err)
+		}
+		taps = append(taps, t)
+	}
+	return taps, nil
 }
 
 // CommandLine returns the QEMU arguments Start would use, without starting

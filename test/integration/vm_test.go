@@ -301,13 +301,19 @@ func TestInvalidConfigAndTransitions(t *testing.T) {
 
 func TestAttachDetachNIC(t *testing.T) {
 	t.Parallel()
-	const tap = "qstaptest0"
-	if out, err := exec.Command("ip", "tuntap", "add", "dev", tap, "mode", "tap").CombinedOutput(); err != nil {
-		t.Skipf("skipping: cannot make a tap device here: %v: %s", err, out)
+	const tap, bootTap = "qstaptest0", "qstaptest1"
+	for _, name := range []string{tap, bootTap} {
+		if out, err := exec.Command("ip", "tuntap", "add", "dev", name, "mode", "tap").CombinedOutput(); err != nil {
+			t.Skipf("skipping: cannot make a tap device here: %v: %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("ip", "link", "del", name).Run() })
 	}
-	t.Cleanup(func() { exec.Command("ip", "link", "del", tap).Run() })
-	inst := bootVM(t, nil)
+	inst := bootVM(t, func(c *vm.Config) { c.NICs = []vm.NIC{{ID: "boot0", Tap: bootTap, MAC: "02:00:00:0a:0b:0b"}} })
 	ctx := testContext(t)
+	info, err := inst.Info(ctx)
+	if err != nil || len(info.Interfaces) == 0 {
+		t.Fatalf("no interface from the NIC present at boot: %v %v", info.GetInterfaces(), err)
+	}
 	const mac = "02:00:00:0a:0b:0c"
 	if err := inst.AttachNIC(ctx, vm.NIC{ID: "nic1", Tap: tap, MAC: mac}); err != nil {
 		t.Fatal(err)
@@ -324,11 +330,11 @@ func TestAttachDetachNIC(t *testing.T) {
 		}
 		return false
 	}
-	waitFor(ctx, t, "the card in the guest", hasMAC)
+	waitFor(ctx, t, "the card in the guest", func() bool { return hasMAC(mac) })
 	if err := inst.DetachNIC(ctx, "nic1"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(ctx, t, "the card gone from the guest", func() bool { return !hasMAC() })
+	waitFor(ctx, t, "the card gone from the guest", func() bool { return !hasMAC(mac) })
 	if err := inst.AttachNIC(ctx, vm.NIC{ID: "nic2", Tap: "no-such-tap"}); !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), "no-such-tap") {
 		t.Errorf("missing tap: got %v", err)
 	}
