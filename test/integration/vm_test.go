@@ -310,15 +310,7 @@ func TestAttachDetachNIC(t *testing.T) {
 	}
 	inst := bootVM(t, func(c *vm.Config) { c.NICs = []vm.NIC{{ID: "boot0", Tap: bootTap, MAC: "02:00:00:0a:0b:0b"}} })
 	ctx := testContext(t)
-	info, err := inst.Info(ctx)
-	if err != nil || len(info.Interfaces) == 0 {
-		t.Fatalf("no interface from the NIC present at boot: %v %v", info.GetInterfaces(), err)
-	}
-	const mac = "02:00:00:0a:0b:0c"
-	if err := inst.AttachNIC(ctx, vm.NIC{ID: "nic1", Tap: tap, MAC: mac}); err != nil {
-		t.Fatal(err)
-	}
-	hasMAC := func() bool {
+	hasMAC := func(mac string) bool {
 		info, err := inst.Info(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -329,6 +321,12 @@ func TestAttachDetachNIC(t *testing.T) {
 			}
 		}
 		return false
+	}
+	// virtio_net loads once the host has had its first answer.
+	waitFor(ctx, t, "the boot NIC in the guest", func() bool { return hasMAC("02:00:00:0a:0b:0b") })
+	const mac = "02:00:00:0a:0b:0c"
+	if err := inst.AttachNIC(ctx, vm.NIC{ID: "nic1", Tap: tap, MAC: mac}); err != nil {
+		t.Fatal(err)
 	}
 	waitFor(ctx, t, "the card in the guest", func() bool { return hasMAC(mac) })
 	if err := inst.DetachNIC(ctx, "nic1"); err != nil {
