@@ -190,6 +190,11 @@ type sessionConn struct {
 
 	readMu sync.Mutex
 	dead   bool
+
+	// Writes of a retired session must not reach the next host: they would
+	// land in its stream after the handshake and break its framing.
+	writeMu   sync.Mutex
+	writeDead bool
 }
 
 func (c *sessionConn) Read(p []byte) (int, error) {
@@ -205,13 +210,26 @@ func (c *sessionConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (c *sessionConn) Write(p []byte) (int, error) { return c.port.Write(p) }
+func (c *sessionConn) Write(p []byte) (int, error) {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	if c.writeDead {
+		return 0, io.ErrClosedPipe
+	}
+	return c.port.Write(p)
+}
 
 func (c *sessionConn) Close() error { return nil }
 
 // retire makes sure no read of this session is still pending on the port,
 // so the next handshake sees every byte.
 func (c *sessionConn) retire() {
+	// A write still in progress finishes first (on a real port it may wait
+	// for the next host to connect): its bytes then come before the next
+	// handshake's, where the host skips them.
+	c.writeMu.Lock()
+	c.writeDead = true
+	c.writeMu.Unlock()
 	c.port.SetReadDeadline(time.Unix(1, 0))
 	c.readMu.Lock()
 	c.dead = true

@@ -2,6 +2,7 @@ package serial
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -13,12 +14,14 @@ import (
 
 // fakePort stands in for QEMU's virtio-serial port and its Unix socket
 // chardev, with the port's two quirks: what the host sends before the
-// guest first reads is lost, and a guest read returns 0 bytes while no
-// host is connected.
+// guest has the port open (its first read or write) is lost, and a guest
+// read returns 0 bytes while no host is connected. It logs the traffic
+// for failures.
 type fakePort struct {
 	l net.Listener
 
 	mu       sync.Mutex
+	log      []string
 	cond     *sync.Cond
 	host     net.Conn
 	opened   bool
@@ -55,6 +58,9 @@ func (p *fakePort) accept() {
 			p.mu.Lock()
 			if p.opened {
 				p.inbound = append(p.inbound, buf[:n]...)
+				p.log = append(p.log, fmt.Sprintf("h->g %q", buf[:n]))
+			} else {
+				p.log = append(p.log, fmt.Sprintf("h->g dropped %q", buf[:n]))
 			}
 			if err != nil {
 				p.host = nil
@@ -95,7 +101,9 @@ func (p *fakePort) Read(b []byte) (int, error) {
 
 func (p *fakePort) Write(b []byte) (int, error) {
 	p.mu.Lock()
+	p.opened = true // a guest that writes has the port open
 	h := p.host
+	p.log = append(p.log, fmt.Sprintf("g->h %v %q", h != nil, b))
 	p.mu.Unlock()
 	if h == nil {
 		return len(b), nil // nobody listening: dropped
@@ -139,7 +147,7 @@ func roundTrip(t *testing.T, h *Host, msg string) {
 	buf := make([]byte, len(msg))
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
-		t.Fatalf("echoed %q, %v", buf, err)
+		t.Fatalf("%s: echoed %q, %v", msg, buf, err)
 	}
 }
 
@@ -166,6 +174,15 @@ func TestHandshakeStreamsAndReconnect(t *testing.T) {
 	if h == nil {
 		t.FailNow()
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			port.mu.Lock()
+			for _, l := range port.log {
+				t.Log(l)
+			}
+			port.mu.Unlock()
+		}
+	})
 	roundTrip(t, h, "one")
 	roundTrip(t, h, "two") // streams are independent
 
