@@ -233,11 +233,21 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 		return fmt.Errorf("vm %s: %s: %w", i.cfg.ID, step, err)
 	}
 
-	if i.qmp, err = qmp.Connect(ctx, m.QMPSocket); err != nil {
+	// QMP and the agent's socket are connected at once: the guest says it
+	// is ready only once, and a host that is not listening then waits for
+	// the next ping.
+	qmpDone := make(chan error, 1)
+	go func() {
+		var err error
+		i.qmp, err = qmp.Connect(ctx, m.QMPSocket)
+		qmpDone <- err
+	}()
+	agentErr := i.connectAgent(ctx)
+	if err := <-qmpDone; err != nil {
 		return wrap("connect QMP", err)
 	}
-	if err := i.connectAgent(ctx); err != nil {
-		return wrap("reach the guest agent", err)
+	if agentErr != nil {
+		return wrap("reach the guest agent", agentErr)
 	}
 	info, err := i.agent.Info(ctx, &agentapi.InfoRequest{})
 	if err != nil {
