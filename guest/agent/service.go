@@ -67,7 +67,6 @@ var _ api.AgentService = (*Service)(nil)
 
 // Info reports the guest's kernel, CPUs, memory, uptime and disks.
 func (s *Service) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoResponse, error) {
-
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err != nil {
 		return nil, fmt.Errorf("uname: %w", err)
