@@ -100,9 +100,6 @@ func (i *Instance) Accel() cmdline.Accel { return i.accel }
 // Transport is the host↔guest transport in use.
 func (i *Instance) Transport() transport.Kind { return i.transport }
 
-// BootCPUs is the number of vCPUs the VM booted with.
-func (i *Instance) BootCPUs() int { return i.cfg.CPUs }
-
 // Pid is QEMU's process id (0 before Start).
 func (i *Instance) Pid() int {
 	if i.proc == nil {

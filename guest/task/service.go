@@ -52,9 +52,6 @@ type Config struct {
 	SysfsRoot  string
 	Streams    StreamSource
 	Events     *EventLog
-	// Ready, when set, is waited on before the first container is made
-	// (the tools disk with runc is mounted after boot).
-	Ready <-chan struct{}
 }
 
 // Service is the task service.
@@ -154,15 +151,8 @@ func lastRuncError(path string) string {
 	return msg
 }
 
-func (s *Service) waitReady(ctx context.Context) error {
-	if s.cfg.Ready == nil {
-		return nil
-	}
-	select {
-	case <-s.cfg.Ready:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+// checkRunc says clearly when there is no runc to run containers with.
+func (s *Service) checkRunc() error {
 	if _, err := os.Stat(s.cfg.Runc); err != nil {
 		return fmt.Errorf("runc is not in the guest (%v): is the tools disk attached?: %w", err, errdefs.ErrFailedPrecondition)
 	}
@@ -182,7 +172,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
-	if err := s.waitReady(ctx); err != nil {
+	if err := s.checkRunc(); err != nil {
 		return nil, err
 	}
 	s.mu.Lock()

@@ -56,17 +56,23 @@ func Open(ctx context.Context, namespace, id string, s Stdio, prefix string, dia
 	if err != nil {
 		return nil, guest, err
 	}
-	for _, o := range []struct {
+	outputs := []struct {
 		w     io.WriteCloser
 		name  string
 		field *string
-	}{{stdout, prefix + "-o", &guest.Stdout}, {stderr, prefix + "-e", &guest.Stderr}} {
+	}{{stdout, prefix + "-o", &guest.Stdout}, {stderr, prefix + "-e", &guest.Stderr}}
+	for i, o := range outputs {
 		if o.w == nil {
 			continue
 		}
 		c, err := dial(ctx, o.name)
 		if err != nil {
-			o.w.Close()
+			// This writer and the ones after it have no copy to close them.
+			for _, rest := range outputs[i:] {
+				if rest.w != nil {
+					rest.w.Close()
+				}
+			}
 			return nil, guest, err
 		}
 		p.track(c)

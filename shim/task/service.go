@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	guesttask "github.com/qemu-shim/qemu-shim/guest/task"
+	"github.com/qemu-shim/qemu-shim/internal/transport"
 	"github.com/qemu-shim/qemu-shim/shim/config"
 	"github.com/qemu-shim/qemu-shim/shim/rootfs"
 	"github.com/qemu-shim/qemu-shim/shim/stdio"
@@ -207,18 +208,14 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			return nil, err
 		}
 		bootedHere = true
-	} else {
-		// A pod's next container: the VM grows for it too.
-		s.containers[r.ID] = c
-		err := s.grow(ctx)
-		delete(s.containers, r.ID)
-		if err != nil {
-			return nil, err
-		}
+	} else if err := s.grow(ctx, size); err != nil { // a pod's next container
+		return nil, err
 	}
 	defer func() {
 		if retErr != nil {
 			s.releaseDisks(ctx, c)
+			// Made by Convert even when a disk before it failed to attach.
+			os.Remove(filepath.Join(r.Bundle, rootfs.UpperImageName))
 			if bootedHere && len(s.containers) == 0 {
 				s.stopVM(ctx)
 			}
@@ -301,7 +298,7 @@ func (s *Service) boot(ctx context.Context, id string, cfg config.Config, size c
 		Initrd:       cfg.VM.Initrd,
 		Tools:        cfg.VM.Tools,
 		Accel:        cfg.VM.Accel,
-		Transport:    transportKind(cfg.VM.Transport),
+		Transport:    transport.Kind(cfg.VM.Transport),
 		CPUs:         cpus,
 		MaxCPUs:      max(cfg.VM.MaxCPUs, cpus),
 		MemoryMiB:    mem,

@@ -11,11 +11,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/emptypb"
 
-	"github.com/qemu-shim/qemu-shim/internal/transport"
 	"github.com/qemu-shim/qemu-shim/shim/config"
 )
-
-func transportKind(s string) transport.Kind { return transport.Kind(s) }
 
 // Update resizes the VM for the container's new limits (hot-plugging vCPUs
 // and memory and waiting until the guest has them online), then changes the
@@ -37,7 +34,7 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 	old := c.size
 	c.size = config.SizeOf(&res)
 	// Grow before the cgroup may use more; shrink once it may not.
-	if err := s.grow(ctx); err != nil {
+	if err := s.grow(ctx, config.Size{}); err != nil {
 		c.size = old
 		return nil, toGRPC(err)
 	}
@@ -50,10 +47,11 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 	return resp, nil
 }
 
-// target is what the VM needs for all its containers: their CPU quotas
-// and memory limits added up, on top of the configured base.
-func (s *Service) target() (cpus, memMiB int) {
-	cpus, memMiB = 0, s.cfg.VM.MemoryMiB
+// target is what the VM needs for all its containers, plus one about to
+// join: their CPU quotas and memory limits added up, on top of the
+// configured base.
+func (s *Service) target(joining config.Size) (cpus, memMiB int) {
+	cpus, memMiB = joining.CPUs, s.cfg.VM.MemoryMiB+joining.MemoryMiB
 	for _, c := range s.containers {
 		cpus += c.size.CPUs
 		memMiB += c.size.MemoryMiB
@@ -66,7 +64,7 @@ func (s *Service) target() (cpus, memMiB int) {
 // use): that is logged, not an error. vCPUs stay (the guest cannot give
 // them back). Called with s.mu held.
 func (s *Service) shrink(ctx context.Context) {
-	_, mem := s.target()
+	_, mem := s.target(config.Size{})
 	if mem < s.vm.MemoryMiB() {
 		if err := s.vm.SetMemory(ctx, mem); err != nil {
 			log.G(ctx).WithError(err).Info("the guest kept some of its hot-plugged memory")
@@ -74,14 +72,14 @@ func (s *Service) shrink(ctx context.Context) {
 	}
 }
 
-// grow hot-plugs what the containers need beyond what the VM has: their
-// CPU quotas and memory limits added up (the guest keeps its base memory
-// for itself). Called with s.mu held.
-func (s *Service) grow(ctx context.Context) error {
+// grow hot-plugs what the containers (and one joining, if any) need beyond
+// what the VM has: their CPU quotas and memory limits added up (the guest
+// keeps its base memory for itself). Called with s.mu held.
+func (s *Service) grow(ctx context.Context, joining config.Size) error {
 	if s.vm == nil {
 		return fmt.Errorf("no VM: %w", errdefs.ErrFailedPrecondition)
 	}
-	cpus, mem := s.target()
+	cpus, mem := s.target(joining)
 	info, err := s.vm.Info(ctx)
 	if err != nil {
 		return err
