@@ -57,7 +57,8 @@ type Config struct {
 	// AllowedDiskRoots bounds where disk images may come from; empty
 	// allows any existing path.
 	AllowedDiskRoots []string
-	// HotplugPorts is how many PCIe slots are kept for hot-plugged disks.
+	// HotplugPorts is how many PCIe slots are kept for hot-plugged network
+	// cards. Hot-plugged disks go on a virtio-scsi controller instead.
 	HotplugPorts int
 	// BootTimeout bounds Start (until the agent answers).
 	BootTimeout time.Duration

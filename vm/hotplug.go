@@ -26,12 +26,14 @@ var (
 // operation runs at a time.
 type hotplugState struct {
 	mu sync.Mutex
-	// ports[i] is the disk on PCIe root port i, or "".
+	// ports[i] is the network card on PCIe root port i, or "".
 	ports []string
-	disks map[string]int // disk ID → port
-	dimms []dimm
-	cpus  []string // device ids of hot-plugged CPUs, in plug order
-	seq   int
+	// targets[t] is the disk on SCSI target t of the controller, or "".
+	targets []string
+	disks   map[string]int // disk ID → SCSI target, -1 for a boot disk
+	dimms   []dimm
+	cpus    []string // device ids of hot-plugged CPUs, in plug order
+	seq     int
 	// virtioMemMiB is what the virtio-mem device was last asked to give.
 	virtioMemMiB int
 }
@@ -43,6 +45,7 @@ type dimm struct {
 
 func (h *hotplugState) init(cfg Config) {
 	h.ports = make([]string, cfg.HotplugPorts)
+	h.targets = make([]string, cmdline.ScsiTargets)
 	h.disks = map[string]int{}
 	for _, d := range cfg.Disks {
 		h.disks[d.ID] = -1 // present at boot, not on a hot-plug port
@@ -344,7 +347,9 @@ func (i *Instance) unplug(ctx context.Context, id string) error {
 	return nil
 }
 
-// AttachDisk hot-plugs a disk image; the guest finds it by d.ID as serial.
+// AttachDisk hot-plugs a disk image as a SCSI disk (LUN 0 of the lowest
+// free target of the VM's virtio-scsi controller); the guest finds it by
+// d.ID as serial (VPD page 0x80).
 func (i *Instance) AttachDisk(ctx context.Context, d Disk) error {
 	if err := i.state.require(i.cfg.ID, "attach a disk", StateRunning); err != nil {
 		return err
@@ -354,12 +359,12 @@ func (i *Instance) AttachDisk(ctx context.Context, d Disk) error {
 	}
 	i.hp.mu.Lock()
 	defer i.hp.mu.Unlock()
-	if _, ok := i.hp.disks[d.ID]; ok {
-		return fmt.Errorf("vm %s: disk %s: %w", i.cfg.ID, d.ID, errdefs.ErrAlreadyExists)
+	if _, ok := i.hp.disks[d.ID]; ok || slices.Contains(i.hp.ports, d.ID) {
+		return fmt.Errorf("vm %s: device %s: %w", i.cfg.ID, d.ID, errdefs.ErrAlreadyExists)
 	}
-	port := slices.Index(i.hp.ports, "")
-	if port < 0 {
-		return fmt.Errorf("vm %s: all %d hot-plug slots are in use: %w", i.cfg.ID, len(i.hp.ports), errdefs.ErrResourceExhausted)
+	target := slices.Index(i.hp.targets, "")
+	if target < 0 {
+		return fmt.Errorf("vm %s: all %d disk targets of the SCSI controller are in use: %w", i.cfg.ID, len(i.hp.targets), errdefs.ErrResourceExhausted)
 	}
 	format := d.Format
 	if format == "" {
@@ -385,13 +390,14 @@ func (i *Instance) AttachDisk(ctx context.Context, d Disk) error {
 		return fmt.Errorf("vm %s: disk %s as %s: %w", i.cfg.ID, d.Path, format, err)
 	}
 	if err := i.qmp.Run(ctx, "device_add", map[string]any{
-		"driver": "virtio-blk-pci", "id": d.ID, "drive": drvNode, "serial": d.ID, "bus": cmdline.HotplugPortName(port),
+		"driver": "scsi-hd", "id": d.ID, "drive": drvNode, "serial": d.ID,
+		"bus": cmdline.ScsiControllerID + ".0", "channel": 0, "scsi-id": target, "lun": 0,
 	}, nil); err != nil {
 		undo(drvNode, fileNode)
 		return fmt.Errorf("vm %s: plug disk %s: %w", i.cfg.ID, d.ID, err)
 	}
-	i.hp.ports[port] = d.ID
-	i.hp.disks[d.ID] = port
+	i.hp.targets[target] = d.ID
+	i.hp.disks[d.ID] = target
 	return nil
 }
 
@@ -403,7 +409,7 @@ func (i *Instance) DetachDisk(ctx context.Context, id string) error {
 	}
 	i.hp.mu.Lock()
 	defer i.hp.mu.Unlock()
-	port, ok := i.hp.disks[id]
+	target, ok := i.hp.disks[id]
 	if !ok {
 		return fmt.Errorf("vm %s: disk %s: %w", i.cfg.ID, id, errdefs.ErrNotFound)
 	}
@@ -411,8 +417,8 @@ func (i *Instance) DetachDisk(ctx context.Context, id string) error {
 		return err
 	}
 	delete(i.hp.disks, id)
-	if port >= 0 {
-		i.hp.ports[port] = ""
+	if target >= 0 {
+		i.hp.targets[target] = ""
 	}
 	var errs []error
 	for _, n := range []string{"drv-" + id, "file-" + id} {

@@ -318,6 +318,7 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 		OperatorQMPSocket: filepath.Join(i.stateDir, OperatorQMPSocketName),
 		PidFile:           filepath.Join(i.stateDir, PidFileName),
 		HotplugPorts:      i.cfg.HotplugPorts,
+		SCSIController:    true,
 		Sandbox:           sandboxSupported(i.cfg.QEMU),
 	}
 	if i.cfg.Tools != "" {

@@ -13,5 +13,5 @@ import (
 )
 
 func main() {
-	shim.RunShim(context.Background(), manager.NewShimManager("io.containerd.qemu.v1"))
+	shim.RunShim(context.Background(), manager.NewShimManager("io.containerd.qemu.v1"), manager.BinaryOpts)
 }

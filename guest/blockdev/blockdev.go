@@ -12,7 +12,8 @@ import (
 	"github.com/containerd/errdefs"
 )
 
-// Device is one virtio disk.
+// Device is one virtio disk: virtio-blk (vd*) or a disk on the
+// virtio-scsi controller (sd*).
 type Device struct {
 	Name, Serial string
 	SizeBytes    uint64
@@ -24,10 +25,15 @@ func (d Device) Path() string { return filepath.Join("/dev", d.Name) }
 
 // List returns the virtio disks the kernel sees.
 func List(sysfs string) []Device {
-	dirs, _ := filepath.Glob(filepath.Join(sysfs, "block", "vd*"))
+	blk, _ := filepath.Glob(filepath.Join(sysfs, "block", "vd*"))
+	scsi, _ := filepath.Glob(filepath.Join(sysfs, "block", "sd*"))
 	var out []Device
-	for _, d := range dirs {
-		dev := Device{Name: filepath.Base(d), Serial: readTrim(filepath.Join(d, "serial"))}
+	for _, d := range append(blk, scsi...) {
+		serial := readTrim(filepath.Join(d, "serial"))
+		if strings.HasPrefix(filepath.Base(d), "sd") {
+			serial = scsiSerial(filepath.Join(d, "device", "vpd_pg80"))
+		}
+		dev := Device{Name: filepath.Base(d), Serial: serial}
 		if sectors, err := strconv.ParseUint(readTrim(filepath.Join(d, "size")), 10, 64); err == nil {
 			dev.SizeBytes = sectors * 512
 		}
@@ -66,6 +72,21 @@ func Wait(ctx context.Context, sysfs, serial string, wait time.Duration) (Device
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+}
+
+// scsiSerial reads a SCSI disk's unit serial number from its VPD page 0x80
+// (a 4-byte header, the length in bytes 2-3, then the serial), which QEMU
+// fills from the scsi-hd device's serial.
+func scsiSerial(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) < 4 || b[1] != 0x80 {
+		return ""
+	}
+	n := int(b[2])<<8 | int(b[3])
+	if n > len(b)-4 {
+		n = len(b) - 4
+	}
+	return strings.Trim(string(b[4:4+n]), " \x00")
 }
 
 func readTrim(path string) string {

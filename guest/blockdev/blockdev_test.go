@@ -20,6 +20,20 @@ func TestFindBySerial(t *testing.T) {
 		os.WriteFile(filepath.Join(d, "size"), []byte(attrs[1]+"\n"), 0o644)
 		os.WriteFile(filepath.Join(d, "ro"), []byte(attrs[2]+"\n"), 0o644)
 	}
+	// A disk on the virtio-scsi controller: its serial is in VPD page 0x80.
+	sd := filepath.Join(sys, "block", "sda")
+	os.MkdirAll(filepath.Join(sd, "device"), 0o755)
+	os.WriteFile(filepath.Join(sd, "device", "vpd_pg80"), append([]byte{0, 0x80, 0, 4}, "l12 "...), 0o444)
+	os.WriteFile(filepath.Join(sd, "size"), []byte("8\n"), 0o644)
+	os.WriteFile(filepath.Join(sd, "ro"), []byte("1\n"), 0o644)
+	if d, ok := Find(sys, "l12"); !ok || d.Path() != "/dev/sda" || !d.ReadOnly || d.SizeBytes != 8*512 {
+		t.Errorf("scsi disk: got %+v %v", d, ok)
+	}
+	// A page that is not 0x80, or shorter than its header, names nothing.
+	os.WriteFile(filepath.Join(sd, "device", "vpd_pg80"), []byte{0, 0x83, 0}, 0o444)
+	if _, ok := Find(sys, "l12"); ok {
+		t.Error("a malformed VPD page gave a serial")
+	}
 	d, ok := Find(sys, "root")
 	if !ok || d.Path() != "/dev/vdb" || d.SizeBytes != 4096*512 || d.ReadOnly {
 		t.Fatalf("got %+v %v", d, ok)

@@ -93,7 +93,19 @@ func mountRootfs(ctx context.Context, sysfs, bundle string, rootfs []*types.Moun
 	if len(lowers) == 0 {
 		return mounted, fmt.Errorf("rootfs has several layers but none read-only: %w", errdefs.ErrInvalidArgument)
 	}
-	opts := "lowerdir=" + strings.Join(lowers, ":")
+	// The mount's options must fit in one page: the layers go by their
+	// open descriptors (/proc/self/fd/N, 17 bytes or so) instead of their
+	// paths, so that the full 128 layers fit whatever the bundle's path.
+	var lowerRefs []string
+	for _, dir := range lowers {
+		fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return mounted, fmt.Errorf("open rootfs layer %s: %w", dir, err)
+		}
+		defer unix.Close(fd)
+		lowerRefs = append(lowerRefs, "/proc/self/fd/"+strconv.Itoa(fd))
+	}
+	opts := "lowerdir=" + strings.Join(lowerRefs, ":")
 	if upper != "" {
 		up, work := filepath.Join(upper, "upper"), filepath.Join(upper, "work")
 		for _, d := range []string{up, work} {

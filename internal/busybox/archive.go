@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -23,6 +24,16 @@ const DefaultRef = "qemu-shim.dev/busybox:latest"
 // import` and containerd's client take. The same busybox gives the same
 // bytes.
 func WriteDockerArchive(w io.Writer, ref string) error {
+	return WriteLayeredArchive(w, ref, 0)
+}
+
+// LayerFile is the file the i-th extra layer of WriteLayeredArchive adds
+// (from 1); it holds the layer's number and a newline.
+func LayerFile(i int) string { return fmt.Sprintf("/layers/%03d", i) }
+
+// WriteLayeredArchive writes busybox with extra one-file layers on top
+// (LayerFile(1) … LayerFile(extra)), the shape of a real image's stack.
+func WriteLayeredArchive(w io.Writer, ref string, extra int) error {
 	dir, err := os.MkdirTemp("", "qemu-shim-busybox-")
 	if err != nil {
 		return err
@@ -31,12 +42,24 @@ func WriteDockerArchive(w io.Writer, ref string) error {
 	if err := BusyboxRoot(dir); err != nil {
 		return err
 	}
-	var layer bytes.Buffer
-	if err := tarDir(&layer, dir); err != nil {
+	var base bytes.Buffer
+	if err := tarDir(&base, dir); err != nil {
 		return err
 	}
-	layerSum := sha256.Sum256(layer.Bytes())
-	diffID := "sha256:" + hex.EncodeToString(layerSum[:])
+	layers := [][]byte{base.Bytes()}
+	for i := 1; i <= extra; i++ {
+		layer, err := oneFileLayer(LayerFile(i), fmt.Sprintf("%d\n", i))
+		if err != nil {
+			return err
+		}
+		layers = append(layers, layer)
+	}
+	var diffIDs, layerNames []string
+	for i, l := range layers {
+		sum := sha256.Sum256(l)
+		diffIDs = append(diffIDs, "sha256:"+hex.EncodeToString(sum[:]))
+		layerNames = append(layerNames, fmt.Sprintf("layer%03d.tar", i))
+	}
 	config, err := json.Marshal(map[string]any{
 		"architecture": "amd64",
 		"os":           "linux",
@@ -45,7 +68,7 @@ func WriteDockerArchive(w io.Writer, ref string) error {
 			"Env": []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
 			"Cmd": []string{"sh"},
 		},
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{diffID}},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": diffIDs},
 	})
 	if err != nil {
 		return err
@@ -53,16 +76,21 @@ func WriteDockerArchive(w io.Writer, ref string) error {
 	configSum := sha256.Sum256(config)
 	configName := hex.EncodeToString(configSum[:]) + ".json"
 	manifest, err := json.Marshal([]map[string]any{{
-		"Config": configName, "RepoTags": []string{ref}, "Layers": []string{"layer.tar"},
+		"Config": configName, "RepoTags": []string{ref}, "Layers": layerNames,
 	}})
 	if err != nil {
 		return err
 	}
-	tw := tar.NewWriter(w)
-	for _, f := range []struct {
+	type file struct {
 		name string
 		data []byte
-	}{{"manifest.json", manifest}, {configName, config}, {"layer.tar", layer.Bytes()}} {
+	}
+	files := []file{{"manifest.json", manifest}, {configName, config}}
+	for i, l := range layers {
+		files = append(files, file{layerNames[i], l})
+	}
+	tw := tar.NewWriter(w)
+	for _, f := range files {
 		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.data)), ModTime: time.Unix(0, 0), Format: tar.FormatPAX}); err != nil {
 			return err
 		}
@@ -71,6 +99,29 @@ func WriteDockerArchive(w io.Writer, ref string) error {
 		}
 	}
 	return tw.Close()
+}
+
+// oneFileLayer is a layer tarball holding one file (and its directory).
+func oneFileLayer(path, content string) ([]byte, error) {
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	name := strings.TrimPrefix(path, "/")
+	for _, h := range []*tar.Header{
+		{Name: filepath.Dir(name) + "/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(content))},
+	} {
+		h.ModTime, h.Format = time.Unix(0, 0), tar.FormatPAX
+		if err := tw.WriteHeader(h); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := tw.Write([]byte(content)); err != nil {
+		return nil, err
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
 }
 
 // tarDir writes dir as a layer tarball: sorted, root-owned, fixed times.

@@ -34,6 +34,19 @@ var GroupAnnotations = []string{
 	"io.kubernetes.cri.sandbox-id",
 }
 
+// BinaryOpts configures containerd's shim library for this shim. The
+// containers' processes live in the guest, so the shim has no orphans to
+// adopt: it is no subreaper, and it does not reap on SIGCHLD. The
+// library's reaper would otherwise wait4(-1) every child the moment it
+// exits, racing exec.Cmd.Wait of the shim's own commands (mkfs.erofs,
+// mkfs.ext4, cp, QEMU, the binary:// logger), which then fail with
+// "waitid: no child processes". Every child the shim starts is waited for
+// by whoever started it.
+func BinaryOpts(c *shim.Config) {
+	c.NoSubreaper = true
+	c.NoReaper = true
+}
+
 // NewShimManager returns the manager of the runtime called name.
 func NewShimManager(name string) shim.Shim { return &manager{name: name} }
 

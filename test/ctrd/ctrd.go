@@ -77,7 +77,7 @@ state_root = %q
 [rootfs]
 layer_cache = %q
 upper_size_mib = 256
-`, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), filepath.Join(d.Work, "layers"))), 0o644); err != nil {
+`, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), d.LayerCache())), 0o644); err != nil {
 		return nil, err
 	}
 	config := filepath.Join(d.Work, "containerd.toml")
@@ -121,21 +121,34 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", 
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+	if d.Image, err = d.ImportBusybox(ctx, busybox.DefaultRef, 0); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// ImportBusybox imports busybox with extra one-file layers on top (see
+// busybox.WriteLayeredArchive) as ref, unpacked for the default
+// snapshotter.
+func (d *Daemon) ImportBusybox(ctx context.Context, ref string, extraLayers int) (containerd.Image, error) {
 	var archive bytes.Buffer
-	if err := busybox.WriteDockerArchive(&archive, busybox.DefaultRef); err != nil {
+	if err := busybox.WriteLayeredArchive(&archive, ref, extraLayers); err != nil {
 		return nil, err
 	}
 	nctx := namespaces.WithNamespace(ctx, Namespace)
 	imgs, err := d.Client.Import(nctx, &archive)
 	if err != nil {
-		return nil, fmt.Errorf("import busybox: %w", err)
+		return nil, fmt.Errorf("import %s: %w", ref, err)
 	}
-	d.Image = containerd.NewImage(d.Client, imgs[0])
-	if err := d.Image.Unpack(nctx, ""); err != nil {
-		return nil, fmt.Errorf("unpack busybox: %w", err)
+	img := containerd.NewImage(d.Client, imgs[0])
+	if err := img.Unpack(nctx, ""); err != nil {
+		return nil, fmt.Errorf("unpack %s: %w", ref, err)
 	}
-	return d, nil
+	return img, nil
 }
+
+// LayerCache is the shim's cache of converted layers.
+func (d *Daemon) LayerCache() string { return filepath.Join(d.Work, "layers") }
 
 func (d *Daemon) bin(rel string) string { return filepath.Join(d.Repo, rel) }
 

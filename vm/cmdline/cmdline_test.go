@@ -59,6 +59,9 @@ func TestArgs(t *testing.T) {
 		{"hotplug ports", func(m *Machine) { m.HotplugPorts = 2 }, [][2]string{
 			{"-device", "pcie-root-port,id=hp0,chassis=1,slot=1"}, {"-device", "pcie-root-port,id=hp1,chassis=2,slot=2"},
 		}, nil},
+		{"scsi controller", func(m *Machine) { m.SCSIController = true }, [][2]string{
+			{"-device", "virtio-scsi-pci,id=scsi0"},
+		}, nil},
 		{"virtio-mem", func(m *Machine) { m.VirtioMemMiB = 1024 }, [][2]string{
 			{"-object", "memory-backend-ram,id=vmem0,size=1024M"}, {"-device", "virtio-mem-pci,id=vmemdev0,memdev=vmem0,requested-size=0"},
 		}, nil},

@@ -62,11 +62,23 @@ type Machine struct {
 
 	Disks []Disk
 	NICs  []NIC
-	// HotplugPorts PCIe root ports are left free for hot-plugged devices,
-	// named HotplugPortName(i).
+	// HotplugPorts PCIe root ports are left free for hot-plugged devices
+	// (network cards), named HotplugPortName(i).
 	HotplugPorts int
-	Sandbox      bool
+	// SCSIController adds a virtio-scsi controller (ScsiControllerID) for
+	// hot-plugged disks: one PCI device holds up to ScsiTargets disks, so
+	// the number of disks is not bounded by the root ports.
+	SCSIController bool
+	Sandbox        bool
 }
+
+// ScsiControllerID is the virtio-scsi controller's device id; its bus is
+// ScsiControllerID + ".0".
+const ScsiControllerID = "scsi0"
+
+// ScsiTargets is how many disks the controller holds: QEMU's virtio-scsi
+// reports 255 as its highest target, and each disk is LUN 0 of one target.
+const ScsiTargets = 256
 
 // HotplugPortName names the i-th PCIe root port kept for hot-plug.
 func HotplugPortName(i int) string { return "hp" + strconv.Itoa(i) }
@@ -189,6 +201,9 @@ func (m *Machine) Args() ([]string, error) {
 			dev += ",mac=" + n.MAC
 		}
 		a = append(a, "-netdev", fmt.Sprintf("tap,id=net-%s,fd=%d", n.ID, n.FD), "-device", dev)
+	}
+	if m.SCSIController {
+		a = append(a, "-device", "virtio-scsi-pci,id="+ScsiControllerID)
 	}
 	for i := 0; i < m.HotplugPorts; i++ {
 		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d,slot=%d", HotplugPortName(i), i+1, i+1))
