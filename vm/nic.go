@@ -23,6 +23,10 @@ type NIC struct {
 	ID string
 	// Tap is the host tap device's name.
 	Tap string
+	// File, when set, is the tap already open (perhaps in another network
+	// namespace, where Tap names nothing here); QEMU gets its own copy and
+	// the caller keeps this one.
+	File *os.File
 	// MAC is the card's address; empty lets QEMU choose.
 	MAC string
 }
@@ -33,7 +37,7 @@ func (n NIC) check() error {
 	if !validDiskID.MatchString(n.ID) {
 		return fmt.Errorf("nic id %q: want 1-20 letters, digits, '_' or '-': %w", n.ID, errdefs.ErrInvalidArgument)
 	}
-	if !validTapName.MatchString(n.Tap) {
+	if !validTapName.MatchString(n.Tap) && n.File == nil {
 		return fmt.Errorf("nic %s: tap name %q: want 1-15 letters, digits, '_', '.' or '-': %w", n.ID, n.Tap, errdefs.ErrInvalidArgument)
 	}
 	if n.MAC != "" {
@@ -87,11 +91,14 @@ func (i *Instance) AttachNIC(ctx context.Context, n NIC) error {
 	if port < 0 {
 		return fmt.Errorf("vm %s: all %d hot-plug slots are in use: %w", i.cfg.ID, len(i.hp.ports), errdefs.ErrResourceExhausted)
 	}
-	tap, err := openTap(n.Tap)
-	if err != nil {
-		return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
+	tap := n.File
+	if tap == nil {
+		var err error
+		if tap, err = openTap(n.Tap); err != nil {
+			return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
+		}
+		defer tap.Close() // QEMU has its own copy once getfd returns
 	}
-	defer tap.Close() // QEMU has its own copy once getfd returns
 	fdName, netdev := "fd-"+n.ID, "net-"+n.ID
 	if err := i.qmp.RunWithFile(ctx, "getfd", map[string]any{"fdname": fdName}, nil, tap); err != nil {
 		return fmt.Errorf("vm %s: pass tap %s to QEMU: %w", i.cfg.ID, n.Tap, err)

@@ -21,9 +21,11 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/qemu-shim/qemu-shim/guest/network"
 	"github.com/qemu-shim/qemu-shim/guest/task"
 	"github.com/qemu-shim/qemu-shim/task/conn"
 	eventsapi "github.com/qemu-shim/qemu-shim/task/events/v1"
+	networkapi "github.com/qemu-shim/qemu-shim/task/network/v1"
 )
 
 func main() {
@@ -69,9 +71,12 @@ func run(ctx context.Context, socket, runc, root string) error {
 		return err
 	}
 	events := task.NewEventLog(task.DefaultEventRetention)
+	netSvc := &network.Service{Path: network.NamespacePath}
 	taskAPI.RegisterTTRPCTaskService(server, task.New(ctx, task.Config{
 		Runc: runc, Root: root, SysfsRoot: "/sys", Streams: demux, Events: events,
+		NetworkNamespace: netSvc.Namespace,
 	}))
+	networkapi.RegisterNetworkService(server, netSvc)
 	eventsapi.RegisterEventsService(server, events)
 	return server.Serve(ctx, demux.Listener())
 }

@@ -52,6 +52,10 @@ type Config struct {
 	SysfsRoot  string
 	Streams    StreamSource
 	Events     *EventLog
+	// NetworkNamespace returns the path of the VM's container network
+	// namespace (made on first use). Nil leaves containers in the guest's
+	// root namespace.
+	NetworkNamespace func() (string, error)
 }
 
 // Service is the task service.
@@ -198,7 +202,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if c.mounts, err = mountRootfs(ctx, s.cfg.SysfsRoot, c.bundle, r.Rootfs); err != nil {
 		return nil, err
 	}
-	adaptSpec(ctx, r.ID, spec)
+	if err := adaptSpec(ctx, r.ID, spec, s.cfg.NetworkNamespace); err != nil {
+		return nil, err
+	}
 	config, err := json.Marshal(spec)
 	if err != nil {
 		return nil, err

@@ -52,8 +52,13 @@ func decodeSpec(a *anypb.Any) (*specs.Spec, error) {
 // adaptSpec turns a host's spec into one that runs in this guest: the root
 // is the rootfs assembled here, the cgroup is below CgroupParent, and what
 // names host objects (namespace paths, hooks, bind mounts of host files)
-// is left out, since the guest has none of them.
-func adaptSpec(ctx context.Context, id string, s *specs.Spec) {
+// is left out, since the guest has none of them. A network namespace, new
+// or by path, is the VM's container network namespace, which holds the
+// cards wired to the host-side one: every container of the VM that asks
+// for a network namespace shares it. A spec with no network namespace
+// (the host's network, to runc) gets the guest's root namespace, which has
+// only lo.
+func adaptSpec(ctx context.Context, id string, s *specs.Spec, netns func() (string, error)) error {
 	l := log.G(ctx).WithField("container", id)
 	readonly := s.Root != nil && s.Root.Readonly
 	s.Root = &specs.Root{Path: "rootfs", Readonly: readonly}
@@ -62,6 +67,14 @@ func adaptSpec(ctx context.Context, id string, s *specs.Spec) {
 	var nss []specs.LinuxNamespace
 	hasCgroupNS := false
 	for _, ns := range s.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace && netns != nil {
+			p, err := netns()
+			if err != nil {
+				return fmt.Errorf("container network namespace: %w", err)
+			}
+			nss = append(nss, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: p})
+			continue
+		}
 		if ns.Path != "" {
 			l.WithField("namespace", ns.Type).WithField("path", ns.Path).Info("host namespace path has no meaning in the guest: sharing the VM's")
 			continue
@@ -92,6 +105,7 @@ func adaptSpec(ctx context.Context, id string, s *specs.Spec) {
 		mounts = append(mounts, m)
 	}
 	s.Mounts = mounts
+	return nil
 }
 
 func isBind(m specs.Mount) bool {

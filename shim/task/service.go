@@ -61,6 +61,8 @@ type Service struct {
 	streamSeq  atomic.Int64
 	lastEvent  uint64
 	eventsDone chan struct{}
+	// net is the container network namespace wired to the VM, if any.
+	net *wiredNetwork
 }
 
 type sharedDisk struct {
@@ -105,15 +107,10 @@ func New(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) (*S
 		}
 		return nil
 	})
-	sd.RegisterCallback(func(context.Context) error {
+	sd.RegisterCallback(func(ctx context.Context) error {
 		s.mu.Lock()
-		inst := s.vm
-		s.mu.Unlock()
-		if inst != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			return inst.Shutdown(ctx)
-		}
+		defer s.mu.Unlock()
+		s.stopVM(ctx) // and unwires its network
 		return nil
 	})
 	return s, nil
@@ -242,6 +239,12 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			m.Options = []string{"ro"}
 		}
 		guestRootfs = append(guestRootfs, m)
+	}
+
+	if path := networkPath(spec); path != "" {
+		if err := s.joinNetwork(ctx, path); err != nil {
+			return nil, err
+		}
 	}
 
 	attached := time.Now()
@@ -399,6 +402,10 @@ func (s *Service) stopVM(ctx context.Context) {
 	defer cancel()
 	if err := s.vm.Shutdown(sctx); err != nil {
 		log.G(ctx).WithError(err).Warn("shut down VM")
+	}
+	if s.net != nil {
+		s.unwire(sctx, s.net)
+		s.net = nil
 	}
 	s.vm = nil
 	s.agent = nil

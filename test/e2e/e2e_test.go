@@ -37,6 +37,12 @@ type ctr struct {
 // newContainer creates (not starts) a task in its own VM.
 func newContainer(ctx context.Context, t *testing.T, id string, stdin io.Reader, terminal bool, opts ...oci.SpecOpts) (*ctr, error) {
 	t.Helper()
+	return newContainerOn(ctx, t, runtimeName, id, stdin, terminal, opts...)
+}
+
+// newContainerOn creates (not starts) a task with the given runtime.
+func newContainerOn(ctx context.Context, t *testing.T, runtime, id string, stdin io.Reader, terminal bool, opts ...oci.SpecOpts) (*ctr, error) {
+	t.Helper()
 	specOpts := append([]oci.SpecOpts{oci.WithImageConfig(env.image)}, opts...)
 	if terminal {
 		specOpts = append(specOpts, oci.WithTTY)
@@ -44,7 +50,7 @@ func newContainer(ctx context.Context, t *testing.T, id string, stdin io.Reader,
 	c, err := env.client.NewContainer(ctx, id,
 		containerd.WithImage(env.image),
 		containerd.WithNewSnapshot(id+"-snap", env.image),
-		containerd.WithRuntime(runtimeName, nil),
+		containerd.WithRuntime(runtime, nil),
 		containerd.WithNewSpec(specOpts...))
 	if err != nil {
 		t.Fatal(err)

@@ -89,6 +89,14 @@ func leftovers() []string {
 	if b, err := exec.Command("pgrep", "-af", "qemu-system.*"+env.run).Output(); err == nil && len(bytes.TrimSpace(b)) > 0 {
 		out = append(out, "processes: "+string(b))
 	}
+	// Taps belong in the containers' namespaces, never in the host's.
+	if links, err := os.ReadDir("/sys/class/net"); err == nil {
+		for _, l := range links {
+			if strings.HasPrefix(l.Name(), "qstap") {
+				out = append(out, "tap in the host namespace: "+l.Name())
+			}
+		}
+	}
 	if entries, err := os.ReadDir(env.VMStateRoot()); err == nil {
 		for _, e := range entries {
 			if e.Name() != "vsock-cids" {
