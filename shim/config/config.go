@@ -159,9 +159,20 @@ const (
 	AnnotationDebug        = AnnotationPrefix + "vm.debug"
 )
 
+// AnnotationGroup puts containers into one shim and one VM; the shim's
+// manager reads it (see manager.GroupAnnotations).
+const AnnotationGroup = AnnotationPrefix + "group"
+
+// KnownAnnotations lists every io.qemu-shim.* annotation the shim knows.
+var KnownAnnotations = []string{AnnotationCPUs, AnnotationMaxCPUs, AnnotationMemoryMiB, AnnotationKernelParams, AnnotationDebug, AnnotationGroup}
+
 // ApplyAnnotations applies a container's io.qemu-shim.* annotations; an
-// unknown key or a bad value is an error naming it.
+// unknown key or a bad value is an error naming it. Annotations come from
+// whoever writes the container's spec, not from the administrator: they
+// may choose vCPUs and memory only up to the configuration's vm.max_cpus
+// and vm.max_memory_mib (a lower max_cpus is fine), never raise them.
 func (c *Config) ApplyAnnotations(annotations map[string]string) error {
+	maxCPUs, maxMemoryMiB := c.VM.MaxCPUs, c.VM.MaxMemoryMiB
 	for k, v := range annotations {
 		if !strings.HasPrefix(k, AnnotationPrefix) {
 			continue
@@ -171,19 +182,24 @@ func (c *Config) ApplyAnnotations(annotations map[string]string) error {
 		}
 		switch k {
 		case AnnotationCPUs, AnnotationMaxCPUs, AnnotationMemoryMiB:
+			least, limit, limitName := 1, maxCPUs, "vm.max_cpus"
+			if k == AnnotationMemoryMiB {
+				least, limit, limitName = 128, maxMemoryMiB, "vm.max_memory_mib"
+			}
 			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 {
-				return bad("a positive whole number")
+			if err != nil || n < least {
+				return bad(fmt.Sprintf("a whole number of at least %d", least))
+			}
+			if n > limit {
+				return fmt.Errorf("annotation %s=%q: above the configured %s %d: %w", k, v, limitName, limit, errdefs.ErrInvalidArgument)
 			}
 			switch k {
 			case AnnotationCPUs:
 				c.VM.CPUs = n
-				c.VM.MaxCPUs = max(c.VM.MaxCPUs, n)
 			case AnnotationMaxCPUs:
 				c.VM.MaxCPUs = n
 			case AnnotationMemoryMiB:
 				c.VM.MemoryMiB = n
-				c.VM.MaxMemoryMiB = max(c.VM.MaxMemoryMiB, n)
 			}
 		case AnnotationKernelParams:
 			c.VM.KernelParams = append(c.VM.KernelParams, strings.Fields(v)...)
@@ -193,12 +209,19 @@ func (c *Config) ApplyAnnotations(annotations map[string]string) error {
 				return bad("true or false")
 			}
 			c.VM.Debug = b
+		case AnnotationGroup:
+			// The manager's: it chose the shim this container is in.
 		default:
-			return fmt.Errorf("unknown annotation %s (known: %s, %s, %s, %s, %s): %w", k,
-				AnnotationCPUs, AnnotationMaxCPUs, AnnotationMemoryMiB, AnnotationKernelParams, AnnotationDebug, errdefs.ErrInvalidArgument)
+			return fmt.Errorf("unknown annotation %s (known: %s): %w", k, strings.Join(KnownAnnotations, ", "), errdefs.ErrInvalidArgument)
 		}
 	}
-	return c.Validate()
+	if v, ok := annotations[AnnotationMaxCPUs]; ok && c.VM.MaxCPUs < c.VM.CPUs {
+		return fmt.Errorf("annotation %s=%q: below the %d vCPUs the VM boots with: %w", AnnotationMaxCPUs, v, c.VM.CPUs, errdefs.ErrInvalidArgument)
+	}
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("with the annotations: %w", err)
+	}
+	return nil
 }
 
 // Size is what a container's resources ask of its VM.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -68,6 +69,97 @@ func TestAnnotations(t *testing.T) {
 			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), k) {
 				t.Errorf("%v: got %v", a, err)
 			}
+		}
+	}
+}
+
+// Annotations are the pod spec's author's, the maxima the administrator's:
+// an annotation may choose within them, never past them.
+func TestAnnotationsStayWithinTheConfiguredMaxima(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		annotations map[string]string
+		// want: the VM's vCPUs, their maximum and its memory; or the
+		// strings the error must name.
+		cpus, maxCPUs, memMiB int
+		errNames              []string
+	}{
+		{"cpus at max_cpus", map[string]string{AnnotationCPUs: "4"}, 4, 4, 256, nil},
+		{"cpus above max_cpus", map[string]string{AnnotationCPUs: "5"}, 0, 0, 0, []string{AnnotationCPUs, `"5"`, "vm.max_cpus 4"}},
+		{"lower max_cpus", map[string]string{AnnotationMaxCPUs: "2"}, 1, 2, 256, nil},
+		{"raise max_cpus", map[string]string{AnnotationMaxCPUs: "8"}, 0, 0, 0, []string{AnnotationMaxCPUs, `"8"`, "vm.max_cpus 4"}},
+		{"max_cpus 255", map[string]string{AnnotationMaxCPUs: "255"}, 0, 0, 0, []string{AnnotationMaxCPUs, `"255"`, "vm.max_cpus 4"}},
+		{"cpus and max_cpus", map[string]string{AnnotationCPUs: "3", AnnotationMaxCPUs: "3"}, 3, 3, 256, nil},
+		{"max_cpus below cpus", map[string]string{AnnotationCPUs: "3", AnnotationMaxCPUs: "2"}, 0, 0, 0, []string{AnnotationMaxCPUs, `"2"`, "3 vCPUs"}},
+		{"memory at max_memory_mib", map[string]string{AnnotationMemoryMiB: "8192"}, 1, 4, 8192, nil},
+		{"memory above max_memory_mib", map[string]string{AnnotationMemoryMiB: "8193"}, 0, 0, 0, []string{AnnotationMemoryMiB, `"8193"`, "vm.max_memory_mib 8192"}},
+		{"memory huge", map[string]string{AnnotationMemoryMiB: "1000000000"}, 0, 0, 0, []string{AnnotationMemoryMiB, "vm.max_memory_mib 8192"}},
+		{"memory too small", map[string]string{AnnotationMemoryMiB: "64"}, 0, 0, 0, []string{AnnotationMemoryMiB, "at least 128"}},
+	} {
+		// Map order varies: each case runs a few times.
+		for range 5 {
+			c := Default()
+			err := c.ApplyAnnotations(tc.annotations)
+			if tc.errNames == nil {
+				if err != nil {
+					t.Errorf("%s: %v", tc.name, err)
+				} else if c.VM.CPUs != tc.cpus || c.VM.MaxCPUs != tc.maxCPUs || c.VM.MemoryMiB != tc.memMiB || c.VM.MaxMemoryMiB != 8192 {
+					t.Errorf("%s: got cpus %d max %d, memory %d max %d", tc.name, c.VM.CPUs, c.VM.MaxCPUs, c.VM.MemoryMiB, c.VM.MaxMemoryMiB)
+				}
+				continue
+			}
+			if !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Errorf("%s: got %v, want an invalid argument", tc.name, err)
+				continue
+			}
+			for _, s := range tc.errNames {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("%s: %q does not name %s", tc.name, err, s)
+				}
+			}
+		}
+	}
+}
+
+// Every io.qemu-shim.* annotation the README documents is accepted, and
+// every one accepted is documented.
+func TestREADMEAnnotationsAreAccepted(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	valid := map[string]string{
+		AnnotationCPUs:         "2",
+		AnnotationMaxCPUs:      "2",
+		AnnotationMemoryMiB:    "512",
+		AnnotationKernelParams: "quiet",
+		AnnotationDebug:        "true",
+		AnnotationGroup:        "pod1",
+	}
+	documented := map[string]bool{}
+	for _, k := range regexp.MustCompile(`io\.qemu-shim\.[A-Za-z0-9_.-]*[A-Za-z0-9_]`).FindAllString(string(readme), -1) {
+		documented[k] = true
+	}
+	if len(documented) == 0 {
+		t.Fatal("no io.qemu-shim.* annotation in the README")
+	}
+	for k := range documented {
+		v, ok := valid[k]
+		if !ok {
+			t.Errorf("the README documents %s: the shim does not know it (or this test lacks a value for it)", k)
+			continue
+		}
+		c := Default()
+		if err := c.ApplyAnnotations(map[string]string{k: v}); err != nil {
+			t.Errorf("documented %s=%s: %v", k, v, err)
+		}
+	}
+	for _, k := range KnownAnnotations {
+		if !documented[k] {
+			t.Errorf("%s is accepted but not in the README", k)
+		}
+		if _, ok := valid[k]; !ok {
+			t.Errorf("%s: no value for it in this test", k)
 		}
 	}
 }

@@ -30,7 +30,7 @@ var Version = "dev"
 // GroupAnnotations put containers into one shim and one VM: the first one
 // present names the group (Kubernetes' sandbox id makes a pod one VM).
 var GroupAnnotations = []string{
-	"io.qemu-shim.group",
+	config.AnnotationGroup,
 	"io.kubernetes.cri.sandbox-id",
 }
 
