@@ -250,3 +250,51 @@ func SizeOf(r *specs.LinuxResources) Size {
 	}
 	return s
 }
+
+// Machine is the size a VM boots with.
+type Machine struct {
+	CPUs, MaxCPUs           int
+	MemoryMiB, MaxMemoryMiB int
+	VirtioMemMiB            int
+}
+
+// Fit is what a VM needs for containers whose CPU quotas and memory limits
+// add up to s: the configured vCPUs, or the quota if more; the configured
+// memory (the guest's own) plus the limits. The configured maxima bound
+// it: when the containers need more, the error names their limit and the
+// maximum, and cpus and memMiB are still what they need.
+//
+// The error is an invalid argument, not resource exhausted: the maxima are
+// configuration, so the containers cannot have that VM however long they
+// wait (ResourceExhausted is for what may free up, like memory slots).
+func (v *VM) Fit(s Size) (cpus, memMiB int, err error) {
+	cpus = max(v.CPUs, s.CPUs)
+	memMiB = v.MemoryMiB + s.MemoryMiB
+	switch {
+	case cpus > v.MaxCPUs:
+		err = fmt.Errorf("a CPU quota of %d vCPUs is above the configured vm.max_cpus %d: %w", s.CPUs, v.MaxCPUs, errdefs.ErrInvalidArgument)
+	case memMiB > v.MaxMemoryMiB:
+		err = fmt.Errorf("a memory limit of %d MiB, with the guest's own vm.memory_mib %d, is above the configured vm.max_memory_mib %d: %w",
+			s.MemoryMiB, v.MemoryMiB, v.MaxMemoryMiB, errdefs.ErrInvalidArgument)
+	}
+	return cpus, memMiB, err
+}
+
+// Machine sizes the VM of a first container that asks s (see Fit), within
+// the configured maxima: memory is rounded up to 128 MiB (as hot-plugged
+// DIMMs are) but not past the maximum, and a virtio-mem device is cut to
+// what is left below the maximum.
+func (v *VM) Machine(s Size) (Machine, error) {
+	cpus, mem, err := v.Fit(s)
+	if err != nil {
+		return Machine{}, err
+	}
+	mem = min((mem+127)/128*128, v.MaxMemoryMiB)
+	return Machine{
+		CPUs:         cpus,
+		MaxCPUs:      v.MaxCPUs,
+		MemoryMiB:    mem,
+		MaxMemoryMiB: v.MaxMemoryMiB,
+		VirtioMemMiB: min(v.VirtioMemMiB, v.MaxMemoryMiB-mem) &^ 1,
+	}, nil
+}

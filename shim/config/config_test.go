@@ -174,3 +174,53 @@ func TestSizeOf(t *testing.T) {
 		t.Errorf("nil: %+v", s)
 	}
 }
+
+// A container's own limits size its VM, within the configured maxima: one
+// that needs more is refused, the VM is never made bigger than configured.
+func TestMachine(t *testing.T) {
+	base := Default().VM // 1 vCPU (at most 4), 256 MiB (at most 8192), no virtio-mem
+	for _, tc := range []struct {
+		name   string
+		vm     func(*VM)
+		size   Size
+		want   Machine
+		errHas []string // the error must name these; nil: no error
+	}{
+		{"no limits", nil, Size{}, Machine{1, 4, 256, 8192, 0}, nil},
+		{"quota", nil, Size{CPUs: 2}, Machine{2, 4, 256, 8192, 0}, nil},
+		{"quota at max_cpus", nil, Size{CPUs: 4}, Machine{4, 4, 256, 8192, 0}, nil},
+		{"quota above max_cpus", nil, Size{CPUs: 5}, Machine{}, []string{"5 vCPUs", "vm.max_cpus 4"}},
+		{"quota above a lowered max_cpus", func(v *VM) { v.MaxCPUs = 2 }, Size{CPUs: 3}, Machine{}, []string{"3 vCPUs", "vm.max_cpus 2"}},
+		{"memory rounded up", nil, Size{MemoryMiB: 300}, Machine{1, 4, 640, 8192, 0}, nil},
+		{"memory at max_memory_mib", nil, Size{MemoryMiB: 8192 - 256}, Machine{1, 4, 8192, 8192, 0}, nil},
+		{"memory above max_memory_mib", nil, Size{MemoryMiB: 8192 - 255}, Machine{}, []string{"7937 MiB", "vm.memory_mib 256", "vm.max_memory_mib 8192"}},
+		{"memory far above", nil, Size{MemoryMiB: 1 << 30}, Machine{}, []string{"vm.max_memory_mib 8192"}},
+		{"rounding stops at the maximum", func(v *VM) { v.MemoryMiB, v.MaxMemoryMiB = 300, 1000 }, Size{MemoryMiB: 700}, Machine{1, 4, 1000, 1000, 0}, nil},
+		{"fixed memory", func(v *VM) { v.MemoryMiB, v.MaxMemoryMiB = 300, 300 }, Size{}, Machine{1, 4, 300, 300, 0}, nil},
+		{"virtio-mem fits", func(v *VM) { v.VirtioMemMiB = 2048 }, Size{MemoryMiB: 1000}, Machine{1, 4, 1280, 8192, 2048}, nil},
+		{"virtio-mem cut to the maximum", func(v *VM) { v.VirtioMemMiB = 2048 }, Size{MemoryMiB: 7000}, Machine{1, 4, 7296, 8192, 896}, nil},
+		{"virtio-mem cut to an even size", func(v *VM) { v.VirtioMemMiB, v.MaxMemoryMiB = 2048, 1001 }, Size{}, Machine{1, 4, 256, 1001, 744}, nil},
+		{"no room for virtio-mem", func(v *VM) { v.VirtioMemMiB = 2048 }, Size{MemoryMiB: 8192 - 256}, Machine{1, 4, 8192, 8192, 0}, nil},
+	} {
+		v := base
+		if tc.vm != nil {
+			tc.vm(&v)
+		}
+		m, err := v.Machine(tc.size)
+		if tc.errHas == nil {
+			if err != nil || m != tc.want {
+				t.Errorf("%s: got %+v, %v; want %+v", tc.name, m, err, tc.want)
+			}
+			continue
+		}
+		if !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("%s: got %+v, %v; want an invalid argument", tc.name, m, err)
+			continue
+		}
+		for _, s := range tc.errHas {
+			if !strings.Contains(err.Error(), s) {
+				t.Errorf("%s: %q does not name %s", tc.name, err, s)
+			}
+		}
+	}
+}

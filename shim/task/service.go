@@ -209,7 +209,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 		bootedHere = true
 	} else if err := s.grow(ctx, size); err != nil { // a pod's next container
-		return nil, err
+		return nil, fmt.Errorf("container %s: %w", r.ID, err)
 	}
 	defer func() {
 		if retErr != nil {
@@ -287,9 +287,10 @@ func (s *Service) openIO(ctx context.Context, id string, host stdio.Stdio) (*std
 
 // boot starts the VM, sized for its first container.
 func (s *Service) boot(ctx context.Context, id string, cfg config.Config, size config.Size) error {
-	cpus := max(cfg.VM.CPUs, size.CPUs)
-	mem := cfg.VM.MemoryMiB + size.MemoryMiB
-	mem = (mem + 127) / 128 * 128
+	m, err := cfg.VM.Machine(size)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
 	vcfg := vm.Config{
 		ID:           id,
 		StateRoot:    cfg.VM.StateRoot,
@@ -299,11 +300,11 @@ func (s *Service) boot(ctx context.Context, id string, cfg config.Config, size c
 		Tools:        cfg.VM.Tools,
 		Accel:        cfg.VM.Accel,
 		Transport:    transport.Kind(cfg.VM.Transport),
-		CPUs:         cpus,
-		MaxCPUs:      max(cfg.VM.MaxCPUs, cpus),
-		MemoryMiB:    mem,
-		MaxMemoryMiB: max(cfg.VM.MaxMemoryMiB, mem+cfg.VM.VirtioMemMiB),
-		VirtioMemMiB: cfg.VM.VirtioMemMiB,
+		CPUs:         m.CPUs,
+		MaxCPUs:      m.MaxCPUs,
+		MemoryMiB:    m.MemoryMiB,
+		MaxMemoryMiB: m.MaxMemoryMiB,
+		VirtioMemMiB: m.VirtioMemMiB,
 		KernelParams: cfg.VM.KernelParams,
 		BootTimeout:  cfg.VM.BootTimeout.Duration,
 		Debug:        cfg.VM.Debug,
