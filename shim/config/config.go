@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -141,6 +142,8 @@ func (c *Config) Validate() error {
 		return bad("vm.transport %q: want auto, vsock or serial", v.Transport)
 	case v.BootTimeout.Duration <= 0:
 		return bad("vm.boot_timeout %v: want a positive duration", v.BootTimeout)
+	case !filepath.IsAbs(v.StateRoot):
+		return bad("vm.state_root %q: want an absolute path", v.StateRoot)
 	case c.Rootfs.UpperSizeMiB < 16:
 		return bad("rootfs.upper_size_mib %d: want at least 16", c.Rootfs.UpperSizeMiB)
 	}

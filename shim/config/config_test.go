@@ -34,9 +34,10 @@ func TestLoad(t *testing.T) {
 		t.Errorf("got %+v", c.VM)
 	}
 	for name, body := range map[string]string{
-		"unknown.toml": "[vm]\ncpuz = 2\n",
-		"range.toml":   "[vm]\ncpus = 0\n",
-		"syntax.toml":  "[vm\n",
+		"unknown.toml":  "[vm]\ncpuz = 2\n",
+		"range.toml":    "[vm]\ncpus = 0\n",
+		"relative.toml": "[vm]\nstate_root = \"run/vms\"\n",
+		"syntax.toml":   "[vm\n",
 	} {
 		p := filepath.Join(dir, name)
 		os.WriteFile(p, []byte(body), 0o644)
