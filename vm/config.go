@@ -16,6 +16,10 @@ import (
 // DefaultStateRoot holds one directory per running VM.
 const DefaultStateRoot = "/run/qemu-shim"
 
+// CIDLeaseDirName is the directory under the state root where vsock CIDs
+// are leased; no VM may have it as its ID.
+const CIDLeaseDirName = "vsock-cids"
+
 // DefaultFirmware is the small qboot firmware Debian's qemu-system-data ships.
 const DefaultFirmware = "/usr/share/qemu/qboot.rom"
 
@@ -81,6 +85,18 @@ var (
 	validDiskID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,19}$`)
 )
 
+// CheckID says whether id may name a VM: it names the VM's state directory
+// under the state root too.
+func CheckID(id string) error {
+	if !validVMID.MatchString(id) {
+		return fmt.Errorf("id %q: want 1-64 letters, digits, '_', '.' or '-': %w", id, errdefs.ErrInvalidArgument)
+	}
+	if id == CIDLeaseDirName {
+		return fmt.Errorf("id %q: the state root's directory of vsock CID leases has that name: %w", id, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
 func (c *Config) setDefaults() {
 	if c.StateRoot == "" {
 		c.StateRoot = DefaultStateRoot
@@ -126,8 +142,8 @@ func (c *Config) validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("vm config: "+format+": %w", append(args, errdefs.ErrInvalidArgument)...)
 	}
-	if !validVMID.MatchString(c.ID) {
-		return bad("id %q: want 1-64 letters, digits, '_', '.' or '-'", c.ID)
+	if err := CheckID(c.ID); err != nil {
+		return fmt.Errorf("vm config: %w", err)
 	}
 	if c.Accel != "auto" && c.Accel != "kvm" && c.Accel != "tcg" {
 		return bad("accel %q: want auto, kvm or tcg", c.Accel)

@@ -333,7 +333,7 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 	}
 	switch i.transport {
 	case transport.VSock:
-		alloc := &vsock.CIDAllocator{Dir: filepath.Join(i.cfg.StateRoot, "vsock-cids"), Cooldown: 30 * time.Second}
+		alloc := &vsock.CIDAllocator{Dir: filepath.Join(i.cfg.StateRoot, CIDLeaseDirName), Cooldown: 30 * time.Second}
 		lease, err := alloc.Allocate()
 		if err != nil {
 			return nil, fmt.Errorf("vm %s: %w", i.cfg.ID, err)

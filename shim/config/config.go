@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -141,6 +142,8 @@ func (c *Config) Validate() error {
 		return bad("vm.transport %q: want auto, vsock or serial", v.Transport)
 	case v.BootTimeout.Duration <= 0:
 		return bad("vm.boot_timeout %v: want a positive duration", v.BootTimeout)
+	case !filepath.IsAbs(v.StateRoot):
+		return bad("vm.state_root %q: want an absolute path", v.StateRoot)
 	case c.Rootfs.UpperSizeMiB < 16:
 		return bad("rootfs.upper_size_mib %d: want at least 16", c.Rootfs.UpperSizeMiB)
 	}
@@ -159,9 +162,20 @@ const (
 	AnnotationDebug        = AnnotationPrefix + "vm.debug"
 )
 
+// AnnotationGroup puts containers into one shim and one VM; the shim's
+// manager reads it (see manager.GroupAnnotations).
+const AnnotationGroup = AnnotationPrefix + "group"
+
+// KnownAnnotations lists every io.qemu-shim.* annotation the shim knows.
+var KnownAnnotations = []string{AnnotationCPUs, AnnotationMaxCPUs, AnnotationMemoryMiB, AnnotationKernelParams, AnnotationDebug, AnnotationGroup}
+
 // ApplyAnnotations applies a container's io.qemu-shim.* annotations; an
-// unknown key or a bad value is an error naming it.
+// unknown key or a bad value is an error naming it. Annotations come from
+// whoever writes the container's spec, not from the administrator: they
+// may choose vCPUs and memory only up to the configuration's vm.max_cpus
+// and vm.max_memory_mib (a lower max_cpus is fine), never raise them.
 func (c *Config) ApplyAnnotations(annotations map[string]string) error {
+	maxCPUs, maxMemoryMiB := c.VM.MaxCPUs, c.VM.MaxMemoryMiB
 	for k, v := range annotations {
 		if !strings.HasPrefix(k, AnnotationPrefix) {
 			continue
@@ -171,19 +185,24 @@ func (c *Config) ApplyAnnotations(annotations map[string]string) error {
 		}
 		switch k {
 		case AnnotationCPUs, AnnotationMaxCPUs, AnnotationMemoryMiB:
+			least, limit, limitName := 1, maxCPUs, "vm.max_cpus"
+			if k == AnnotationMemoryMiB {
+				least, limit, limitName = 128, maxMemoryMiB, "vm.max_memory_mib"
+			}
 			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 {
-				return bad("a positive whole number")
+			if err != nil || n < least {
+				return bad(fmt.Sprintf("a whole number of at least %d", least))
+			}
+			if n > limit {
+				return fmt.Errorf("annotation %s=%q: above the configured %s %d: %w", k, v, limitName, limit, errdefs.ErrInvalidArgument)
 			}
 			switch k {
 			case AnnotationCPUs:
 				c.VM.CPUs = n
-				c.VM.MaxCPUs = max(c.VM.MaxCPUs, n)
 			case AnnotationMaxCPUs:
 				c.VM.MaxCPUs = n
 			case AnnotationMemoryMiB:
 				c.VM.MemoryMiB = n
-				c.VM.MaxMemoryMiB = max(c.VM.MaxMemoryMiB, n)
 			}
 		case AnnotationKernelParams:
 			c.VM.KernelParams = append(c.VM.KernelParams, strings.Fields(v)...)
@@ -193,12 +212,19 @@ func (c *Config) ApplyAnnotations(annotations map[string]string) error {
 				return bad("true or false")
 			}
 			c.VM.Debug = b
+		case AnnotationGroup:
+			// The manager's: it chose the shim this container is in.
 		default:
-			return fmt.Errorf("unknown annotation %s (known: %s, %s, %s, %s, %s): %w", k,
-				AnnotationCPUs, AnnotationMaxCPUs, AnnotationMemoryMiB, AnnotationKernelParams, AnnotationDebug, errdefs.ErrInvalidArgument)
+			return fmt.Errorf("unknown annotation %s (known: %s): %w", k, strings.Join(KnownAnnotations, ", "), errdefs.ErrInvalidArgument)
 		}
 	}
-	return c.Validate()
+	if v, ok := annotations[AnnotationMaxCPUs]; ok && c.VM.MaxCPUs < c.VM.CPUs {
+		return fmt.Errorf("annotation %s=%q: below the %d vCPUs the VM boots with: %w", AnnotationMaxCPUs, v, c.VM.CPUs, errdefs.ErrInvalidArgument)
+	}
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("with the annotations: %w", err)
+	}
+	return nil
 }
 
 // Size is what a container's resources ask of its VM.
@@ -226,4 +252,52 @@ func SizeOf(r *specs.LinuxResources) Size {
 		s.MemoryMiB = int((*m.Limit + (1<<20 - 1)) >> 20)
 	}
 	return s
+}
+
+// Machine is the size a VM boots with.
+type Machine struct {
+	CPUs, MaxCPUs           int
+	MemoryMiB, MaxMemoryMiB int
+	VirtioMemMiB            int
+}
+
+// Fit is what a VM needs for containers whose CPU quotas and memory limits
+// add up to s: the configured vCPUs, or the quota if more; the configured
+// memory (the guest's own) plus the limits. The configured maxima bound
+// it: when the containers need more, the error names their limit and the
+// maximum, and cpus and memMiB are still what they need.
+//
+// The error is an invalid argument, not resource exhausted: the maxima are
+// configuration, so the containers cannot have that VM however long they
+// wait (ResourceExhausted is for what may free up, like memory slots).
+func (v *VM) Fit(s Size) (cpus, memMiB int, err error) {
+	cpus = max(v.CPUs, s.CPUs)
+	memMiB = v.MemoryMiB + s.MemoryMiB
+	switch {
+	case cpus > v.MaxCPUs:
+		err = fmt.Errorf("a CPU quota of %d vCPUs is above the configured vm.max_cpus %d: %w", s.CPUs, v.MaxCPUs, errdefs.ErrInvalidArgument)
+	case memMiB > v.MaxMemoryMiB:
+		err = fmt.Errorf("a memory limit of %d MiB, with the guest's own vm.memory_mib %d, is above the configured vm.max_memory_mib %d: %w",
+			s.MemoryMiB, v.MemoryMiB, v.MaxMemoryMiB, errdefs.ErrInvalidArgument)
+	}
+	return cpus, memMiB, err
+}
+
+// Machine sizes the VM of a first container that asks s (see Fit), within
+// the configured maxima: memory is rounded up to 128 MiB (as hot-plugged
+// DIMMs are) but not past the maximum, and a virtio-mem device is cut to
+// what is left below the maximum.
+func (v *VM) Machine(s Size) (Machine, error) {
+	cpus, mem, err := v.Fit(s)
+	if err != nil {
+		return Machine{}, err
+	}
+	mem = min((mem+127)/128*128, v.MaxMemoryMiB)
+	return Machine{
+		CPUs:         cpus,
+		MaxCPUs:      v.MaxCPUs,
+		MemoryMiB:    mem,
+		MaxMemoryMiB: v.MaxMemoryMiB,
+		VirtioMemMiB: min(v.VirtioMemMiB, v.MaxMemoryMiB-mem) &^ 1,
+	}, nil
 }

@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -30,7 +31,7 @@ var Version = "dev"
 // GroupAnnotations put containers into one shim and one VM: the first one
 // present names the group (Kubernetes' sandbox id makes a pod one VM).
 var GroupAnnotations = []string{
-	"io.qemu-shim.group",
+	config.AnnotationGroup,
 	"io.kubernetes.cri.sandbox-id",
 }
 
@@ -172,9 +173,10 @@ func (m *manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) 
 	if err != nil {
 		return shim.StopStatus{}, err
 	}
-	if b, err := os.ReadFile(filepath.Join(bundle, task.VMIDFile)); err == nil {
-		cfg, _ := config.Load("")
-		dir := filepath.Join(cfg.VM.StateRoot, string(b))
+	// The shim recorded where its VM's state directory is: the state root
+	// is in the configuration the container was created with, which Stop
+	// is not told.
+	if dir, err := task.ReadVMDir(bundle); err == nil {
 		if pid, err := vm.KillStale(dir); err != nil {
 			log.G(ctx).WithError(err).Warn("end the VM left by the shim")
 		} else {
@@ -184,8 +186,10 @@ func (m *manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) 
 			// No QEMU owns it any more (a pod's VM dies with its shim).
 			os.RemoveAll(dir)
 		}
-		os.Remove(filepath.Join(bundle, task.VMIDFile))
+	} else if !errors.Is(err, os.ErrNotExist) {
+		log.G(ctx).WithError(err).Warn("VM state directory not cleaned up")
 	}
+	os.Remove(filepath.Join(bundle, task.VMDirFile))
 	os.Remove(filepath.Join(bundle, rootfs.UpperImageName))
 	// The dead shim could not remove its socket.
 	if address := task.ShimAddress(bundle); address != "" {

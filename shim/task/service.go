@@ -37,10 +37,6 @@ import (
 	"github.com/qemu-shim/qemu-shim/vm"
 )
 
-// VMIDFile, in a bundle, names the VM the container runs in, for the
-// manager's cleanup after a crash.
-const VMIDFile = "qemu-shim-vm"
-
 // drainTimeout bounds the wait for a process's output before its exit is
 // reported anyway.
 const drainTimeout = 10 * time.Second
@@ -206,7 +202,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 		bootedHere = true
 	} else if err := s.grow(ctx, size); err != nil { // a pod's next container
-		return nil, err
+		return nil, fmt.Errorf("container %s: %w", r.ID, err)
 	}
 	defer func() {
 		if retErr != nil {
@@ -218,7 +214,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			}
 		}
 	}()
-	if err := os.WriteFile(filepath.Join(r.Bundle, VMIDFile), []byte(s.vm.ID()), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(r.Bundle, VMDirFile), []byte(s.vm.StateDir()), 0o600); err != nil {
 		return nil, err
 	}
 	booted := time.Now()
@@ -288,13 +284,19 @@ func (s *Service) openIO(ctx context.Context, id string, host stdio.Stdio) (*std
 	return stdio.Open(ctx, ns, id, host, prefix, s.vm.DialStream)
 }
 
-// boot starts the VM, sized for its first container.
+// boot starts the VM, sized for its first container and named after it
+// (VMName).
 func (s *Service) boot(ctx context.Context, id string, cfg config.Config, size config.Size) error {
-	cpus := max(cfg.VM.CPUs, size.CPUs)
-	mem := cfg.VM.MemoryMiB + size.MemoryMiB
-	mem = (mem + 127) / 128 * 128
+	m, err := cfg.VM.Machine(size)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	ns, ok := namespaces.Namespace(ctx)
+	if !ok {
+		return fmt.Errorf("container %s: no namespace: %w", id, errdefs.ErrFailedPrecondition)
+	}
 	vcfg := vm.Config{
-		ID:           id,
+		ID:           VMName(ns, id),
 		StateRoot:    cfg.VM.StateRoot,
 		QEMU:         cfg.VM.QEMU,
 		Kernel:       cfg.VM.Kernel,
@@ -302,11 +304,11 @@ func (s *Service) boot(ctx context.Context, id string, cfg config.Config, size c
 		Tools:        cfg.VM.Tools,
 		Accel:        cfg.VM.Accel,
 		Transport:    transport.Kind(cfg.VM.Transport),
-		CPUs:         cpus,
-		MaxCPUs:      max(cfg.VM.MaxCPUs, cpus),
-		MemoryMiB:    mem,
-		MaxMemoryMiB: max(cfg.VM.MaxMemoryMiB, mem+cfg.VM.VirtioMemMiB),
-		VirtioMemMiB: cfg.VM.VirtioMemMiB,
+		CPUs:         m.CPUs,
+		MaxCPUs:      m.MaxCPUs,
+		MemoryMiB:    m.MemoryMiB,
+		MaxMemoryMiB: m.MaxMemoryMiB,
+		VirtioMemMiB: m.VirtioMemMiB,
 		KernelParams: cfg.VM.KernelParams,
 		BootTimeout:  cfg.VM.BootTimeout.Duration,
 		Debug:        cfg.VM.Debug,
@@ -561,7 +563,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			x.io.Close()
 		}
 		s.releaseDisks(ctx, c)
-		os.Remove(filepath.Join(c.bundle, VMIDFile))
+		os.Remove(filepath.Join(c.bundle, VMDirFile))
 		delete(s.containers, r.ID)
 		if len(s.containers) > 0 && s.vm != nil {
 			s.shrink(ctx) // the rest of the pod needs less

@@ -36,7 +36,7 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 	// Grow before the cgroup may use more; shrink once it may not.
 	if err := s.grow(ctx, config.Size{}); err != nil {
 		c.size = old
-		return nil, toGRPC(err)
+		return nil, toGRPC(fmt.Errorf("update container %s: %w", r.ID, err))
 	}
 	resp, err := s.agent.Update(ctx, r)
 	if err != nil {
@@ -49,14 +49,23 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 
 // target is what the VM needs for all its containers, plus one about to
 // join: their CPU quotas and memory limits added up, on top of the
-// configured base.
-func (s *Service) target(joining config.Size) (cpus, memMiB int) {
-	cpus, memMiB = joining.CPUs, s.cfg.VM.MemoryMiB+joining.MemoryMiB
-	for _, c := range s.containers {
-		cpus += c.size.CPUs
-		memMiB += c.size.MemoryMiB
+// configured base (config.VM.Fit). The error says when that is more than
+// the configured maxima.
+func (s *Service) target(joining config.Size) (cpus, memMiB int, err error) {
+	total, n := joining, 0
+	if joining != (config.Size{}) {
+		n++
 	}
-	return max(cpus, s.cfg.VM.CPUs), memMiB
+	for _, c := range s.containers {
+		total.CPUs += c.size.CPUs
+		total.MemoryMiB += c.size.MemoryMiB
+		n++
+	}
+	cpus, memMiB, err = s.cfg.VM.Fit(total)
+	if err != nil && n > 1 {
+		err = fmt.Errorf("the VM's containers together: %w", err)
+	}
+	return cpus, memMiB, err
 }
 
 // shrink gives back memory no container needs any more: the newest DIMMs
@@ -64,7 +73,7 @@ func (s *Service) target(joining config.Size) (cpus, memMiB int) {
 // use): that is logged, not an error. vCPUs stay (the guest cannot give
 // them back). Called with s.mu held.
 func (s *Service) shrink(ctx context.Context) {
-	_, mem := s.target(config.Size{})
+	_, mem, _ := s.target(config.Size{})
 	if mem < s.vm.MemoryMiB() {
 		if err := s.vm.SetMemory(ctx, mem); err != nil {
 			log.G(ctx).WithError(err).Info("the guest kept some of its hot-plugged memory")
@@ -79,15 +88,15 @@ func (s *Service) grow(ctx context.Context, joining config.Size) error {
 	if s.vm == nil {
 		return fmt.Errorf("no VM: %w", errdefs.ErrFailedPrecondition)
 	}
-	cpus, mem := s.target(joining)
+	cpus, mem, err := s.target(joining)
+	if err != nil {
+		return err
+	}
 	info, err := s.vm.Info(ctx)
 	if err != nil {
 		return err
 	}
 	if cpus > int(info.CpusOnline) {
-		if cpus > s.vm.MaxCPUs() {
-			return fmt.Errorf("%d vCPUs asked, the VM can have at most %d (vm.max_cpus): %w", cpus, s.vm.MaxCPUs(), errdefs.ErrInvalidArgument)
-		}
 		if err := s.vm.SetCPUs(ctx, cpus); err != nil {
 			return err
 		}

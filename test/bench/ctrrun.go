@@ -5,11 +5,13 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/qemu-shim/qemu-shim/internal/busybox"
+	"github.com/qemu-shim/qemu-shim/shim/task"
 	"github.com/qemu-shim/qemu-shim/test/ctrd"
 )
 
@@ -71,7 +73,7 @@ func ctrRun(runs int) (ours, runcShim []float64, shimRSS, qemuRSS int, err error
 		d.Ctr(context.WithoutCancel(ctx), "container", "delete", "rss").Run()
 	}()
 	shimRSS = rssKiB(pidOf("containerd-shim-qemu-v1.*-id rss"))
-	qemuRSS = rssKiB(pidOf("qemu-system.*" + d.VMStateRoot() + "/rss/"))
+	qemuRSS = rssKiB(pidOf("qemu-system.*" + filepath.Join(d.VMStateRoot(), task.VMName(ctrd.Namespace, "rss")) + "/"))
 	return ours, runcShim, shimRSS, qemuRSS, nil
 }
 

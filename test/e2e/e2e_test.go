@@ -24,6 +24,8 @@ import (
 
 	"github.com/qemu-shim/qemu-shim/internal/busybox"
 	"github.com/qemu-shim/qemu-shim/internal/syncutil"
+	"github.com/qemu-shim/qemu-shim/shim/task"
+	"github.com/qemu-shim/qemu-shim/test/ctrd"
 )
 
 type ctr struct {
@@ -356,7 +358,7 @@ func TestPodSharesOneVM(t *testing.T) {
 		t.Errorf("second container of the pod: exit %d, boot id %q; the first's is %q", status, out, bootID)
 	}
 	// One VM for the pod.
-	if b, _ := exec.Command("pgrep", "-fc", "qemu-system.*"+env.VMStateRoot()+"/pod1-pause/").Output(); strings.TrimSpace(string(b)) != "1" {
+	if b, _ := exec.Command("pgrep", "-fc", "qemu-system.*"+vmDir("pod1-pause")+"/").Output(); strings.TrimSpace(string(b)) != "1" {
 		t.Errorf("%s QEMU processes for the pod, want 1", strings.TrimSpace(string(b)))
 	}
 	first.task.Kill(ctx, syscall.SIGKILL)
@@ -371,7 +373,7 @@ func TestShimCrashLeavesNoQEMU(t *testing.T) {
 	ctx := requireEnv(t)
 	c := mustContainer(ctx, t, "crash", "sleep", "1000")
 	shimPid := pidOf(t, "containerd-shim-qemu-v1.*-id crash( |$)")
-	qemuPid := pidOf(t, "qemu-system.*"+env.VMStateRoot()+"/crash/")
+	qemuPid := pidOf(t, "qemu-system.*"+vmDir("crash")+"/")
 	if err := syscall.Kill(shimPid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -391,7 +393,7 @@ func TestShimCrashLeavesNoQEMU(t *testing.T) {
 	c.task.Delete(ctx)
 	// containerd cleans up after a dead shim by running its delete action.
 	for {
-		if _, err := os.Stat(filepath.Join(env.VMStateRoot(), "crash")); os.IsNotExist(err) {
+		if _, err := os.Stat(vmDir("crash")); os.IsNotExist(err) {
 			break
 		}
 		select {
@@ -400,6 +402,11 @@ func TestShimCrashLeavesNoQEMU(t *testing.T) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// vmDir is the state directory of the VM whose first container is id.
+func vmDir(id string) string {
+	return filepath.Join(env.VMStateRoot(), task.VMName(ctrd.Namespace, id))
 }
 
 func pidOf(t *testing.T, pattern string) int {
@@ -417,7 +424,7 @@ func pidOf(t *testing.T, pattern string) int {
 func TestQEMUCrash(t *testing.T) {
 	ctx := requireEnv(t)
 	c := mustContainer(ctx, t, "vmcrash", "sleep", "1000")
-	if err := syscall.Kill(pidOf(t, "qemu-system.*"+env.VMStateRoot()+"/vmcrash/"), syscall.SIGKILL); err != nil {
+	if err := syscall.Kill(pidOf(t, "qemu-system.*"+vmDir("vmcrash")+"/"), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	if status, _ := c.finish(ctx); status != 137 {

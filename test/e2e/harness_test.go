@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/qemu-shim/qemu-shim/test/ctrd"
+	"github.com/qemu-shim/qemu-shim/vm"
 )
 
 const runtimeName = ctrd.Runtime
@@ -99,7 +100,7 @@ func leftovers() []string {
 	}
 	if entries, err := os.ReadDir(env.VMStateRoot()); err == nil {
 		for _, e := range entries {
-			if e.Name() != "vsock-cids" {
+			if e.Name() != vm.CIDLeaseDirName {
 				out = append(out, "state directory: "+e.Name())
 			}
 		}

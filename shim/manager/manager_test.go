@@ -1,0 +1,50 @@
+package manager
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/qemu-shim/qemu-shim/shim/task"
+)
+
+// Stop removes the VM state directory the bundle records (with no QEMU
+// left in it), and nothing a tampered record names.
+func TestStopRemovesTheRecordedStateDirectoryOnly(t *testing.T) {
+	root := t.TempDir()
+	stateDir := filepath.Join(root, "vms", task.VMName("default", "crash"))
+	other := filepath.Join(root, "precious")
+	for _, d := range []string{stateDir, other} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(d, "console.log"), []byte("x"), 0o600)
+	}
+	bundle := filepath.Join(root, "bundle")
+	os.Mkdir(bundle, 0o700)
+	t.Chdir(bundle)
+	m := &manager{name: "test"}
+
+	os.WriteFile(filepath.Join(bundle, task.VMDirFile), []byte(other), 0o600)
+	if _, err := m.Stop(context.Background(), "crash"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(other, "console.log")); err != nil {
+		t.Errorf("a bundle file naming %s made Stop remove it: %v", other, err)
+	}
+	if _, err := os.Stat(filepath.Join(bundle, task.VMDirFile)); !os.IsNotExist(err) {
+		t.Errorf("%s left in the bundle: %v", task.VMDirFile, err)
+	}
+
+	os.WriteFile(filepath.Join(bundle, task.VMDirFile), []byte(stateDir), 0o600)
+	if _, err := m.Stop(context.Background(), "crash"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
+		t.Errorf("state directory %s left behind: %v", stateDir, err)
+	}
+	if _, err := os.Stat(filepath.Join(bundle, task.VMDirFile)); !os.IsNotExist(err) {
+		t.Errorf("%s left in the bundle: %v", task.VMDirFile, err)
+	}
+}

@@ -1,0 +1,68 @@
+package task
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+
+	"github.com/containerd/errdefs"
+)
+
+// VMDirFile, in a bundle, holds the full path of the state directory of the
+// VM the container runs in, for the manager's cleanup after a crash: the
+// manager then needs neither the configuration (its state root) nor the
+// VM's name.
+const VMDirFile = "qemu-shim-vm"
+
+// vmNameHash is how many hex digits of the hash end a VM's name.
+const vmNameHash = 16
+
+// vmName matches what VMName makes: at most 64 characters, as vm.Config
+// allows for an ID.
+var vmName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,46}-[0-9a-f]{16}$`)
+
+// VMName names the VM, and so its state directory under the state root, of
+// the shim whose first container is id in namespace. Container IDs are
+// unique only within a namespace, so the name is unique per namespace and
+// id: a hash of both ends it, after as much of "namespace_id" as fits in
+// the 64 characters a VM's ID may have (for people, like `qemu-shim
+// list`). It is a path component of letters, digits, '_', '.' and '-' that
+// never equals another entry of the state root (vm.CIDLeaseDirName).
+func VMName(namespace, id string) string {
+	sum := sha256.Sum256([]byte(strconv.Itoa(len(namespace)) + ":" + namespace + id))
+	readable := []byte(namespace + "_" + id)
+	if len(readable) > 64-1-vmNameHash {
+		readable = readable[:64-1-vmNameHash]
+	}
+	for i, b := range readable {
+		switch {
+		case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
+		case i == 0:
+			readable[i] = 'x' // a name starts with a letter or a digit
+		case b != '_' && b != '.' && b != '-':
+			readable[i] = '_'
+		}
+	}
+	return string(readable) + "-" + hex.EncodeToString(sum[:])[:vmNameHash]
+}
+
+// ReadVMDir returns the VM state directory recorded in a bundle (an error
+// wrapping os.ErrNotExist if there is none). The path must be absolute and
+// clean and end in a name VMName makes: the manager kills the QEMU of that
+// directory and removes it, so a bundle file that says anything else is
+// refused.
+func ReadVMDir(bundle string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(bundle, VMDirFile))
+	if err != nil {
+		return "", err
+	}
+	dir := string(b)
+	if !filepath.IsAbs(dir) || filepath.Clean(dir) != dir || !vmName.MatchString(filepath.Base(dir)) {
+		return "", fmt.Errorf("%s in %s: %q is not the state directory of a VM of this shim: %w", VMDirFile, bundle, dir, errdefs.ErrInvalidArgument)
+	}
+	return dir, nil
+}
