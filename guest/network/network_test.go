@@ -27,18 +27,24 @@ func TestParseRefusesBadRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, mutate := range map[string]func(r *api.ConfigureInterfaceRequest){
-		"lo":              func(r *api.ConfigureInterfaceRequest) { r.Name = "lo" },
-		"long name":       func(r *api.ConfigureInterfaceRequest) { r.Name = strings.Repeat("e", 16) },
-		"path name":       func(r *api.ConfigureInterfaceRequest) { r.Name = "../eth0" },
-		"bad mac":         func(r *api.ConfigureInterfaceRequest) { r.Mac = "02:42" },
-		"infiniband mac":  func(r *api.ConfigureInterfaceRequest) { r.Mac = "00:00:00:00:fe:80:00:00:00:00:00:00:00:00:00:00:00:00:00:01" },
-		"tiny mtu":        func(r *api.ConfigureInterfaceRequest) { r.Mtu = 10 },
-		"bad address":     func(r *api.ConfigureInterfaceRequest) { r.Addresses = []string{"10.88.0.7"} },
-		"many addresses":  func(r *api.ConfigureInterfaceRequest) { r.Addresses = make([]string, maxAddresses+1) },
-		"many routes":     func(r *api.ConfigureInterfaceRequest) { r.Routes = make([]*api.Route, maxRoutes+1) },
-		"no gateway":      func(r *api.ConfigureInterfaceRequest) { r.Routes = []*api.Route{{}} },
-		"mixed families":  func(r *api.ConfigureInterfaceRequest) { r.Routes = []*api.Route{{Destination: "10.0.0.0/8", Gateway: "fd00::1"}} },
-		"bad destination": func(r *api.ConfigureInterfaceRequest) { r.Routes = []*api.Route{{Destination: "nowhere", Gateway: "10.88.0.1"}} },
+		"lo":        func(r *api.ConfigureInterfaceRequest) { r.Name = "lo" },
+		"long name": func(r *api.ConfigureInterfaceRequest) { r.Name = strings.Repeat("e", 16) },
+		"path name": func(r *api.ConfigureInterfaceRequest) { r.Name = "../eth0" },
+		"bad mac":   func(r *api.ConfigureInterfaceRequest) { r.Mac = "02:42" },
+		"infiniband mac": func(r *api.ConfigureInterfaceRequest) {
+			r.Mac = "00:00:00:00:fe:80:00:00:00:00:00:00:00:00:00:00:00:00:00:01"
+		},
+		"tiny mtu":       func(r *api.ConfigureInterfaceRequest) { r.Mtu = 10 },
+		"bad address":    func(r *api.ConfigureInterfaceRequest) { r.Addresses = []string{"10.88.0.7"} },
+		"many addresses": func(r *api.ConfigureInterfaceRequest) { r.Addresses = make([]string, maxAddresses+1) },
+		"many routes":    func(r *api.ConfigureInterfaceRequest) { r.Routes = make([]*api.Route, maxRoutes+1) },
+		"no gateway":     func(r *api.ConfigureInterfaceRequest) { r.Routes = []*api.Route{{}} },
+		"mixed families": func(r *api.ConfigureInterfaceRequest) {
+			r.Routes = []*api.Route{{Destination: "10.0.0.0/8", Gateway: "fd00::1"}}
+		},
+		"bad destination": func(r *api.ConfigureInterfaceRequest) {
+			r.Routes = []*api.Route{{Destination: "nowhere", Gateway: "10.88.0.1"}}
+		},
 	} {
 		r := good()
 		mutate(r)
