@@ -19,7 +19,7 @@ export GOFLAGS := -buildvcs=false
 
 GO_SOURCES := $(shell find . -name '*.go' -not -path './build/*') go.mod go.sum
 
-.PHONY: install quickstart all binaries containerd guest deps test unit-test integration-test bench check proto clean help
+.PHONY: install quickstart all binaries containerd guest deps clients test unit-test integration-test bench check proto clean help
 
 all: binaries
 
@@ -76,7 +76,18 @@ unit-test:
 	$(GO) vet ./...
 	$(GO) test $(TEST_FLAGS) ./...
 
-test: deps binaries guest containerd
+# The clients users drive the shim with (nerdctl, crictl, critest), built
+# from the source snapshots in ../shared when it is there; the tests that
+# need them skip, saying why, when it is not.
+SHARED_TOOLS := $(wildcard ../shared/tools/build-clients.sh)
+clients:
+ifneq ($(SHARED_TOOLS),)
+	$(SHARED_TOOLS) build/clients
+else
+	@echo "clients: no ../shared/tools/build-clients.sh here: nerdctl and CRI tests will skip"
+endif
+
+test: deps binaries guest containerd clients
 	$(GO) vet ./...
 	QEMU_SHIM_INTEGRATION=1 $(GO) test -count=1 -timeout 30m $(TEST_FLAGS) ./...
 

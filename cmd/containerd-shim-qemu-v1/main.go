@@ -9,9 +9,18 @@ import (
 	"github.com/containerd/containerd/v2/pkg/shim"
 
 	"github.com/qemu-shim/qemu-shim/shim/manager"
+	"github.com/qemu-shim/qemu-shim/shim/netns"
 	_ "github.com/qemu-shim/qemu-shim/shim/task/plugin"
 )
 
+// holder is set when this process was started to hold a container's
+// host-side network namespace for its OCI hooks (see shim/netns); it is
+// known at init, while the main goroutine still runs on the main thread.
+var holder = netns.IsHolder()
+
 func main() {
+	if holder {
+		netns.HolderMain()
+	}
 	shim.RunShim(context.Background(), manager.NewShimManager("io.containerd.qemu.v1"), manager.BinaryOpts)
 }

@@ -191,6 +191,9 @@ func (m *manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) 
 	}
 	os.Remove(filepath.Join(bundle, task.VMDirFile))
 	os.Remove(filepath.Join(bundle, rootfs.UpperImageName))
+	// Its poststop hooks (nerdctl's CNI DEL) and the network namespace it
+	// made, now that QEMU is gone.
+	task.CleanupHooks(ctx, id, bundle)
 	// The dead shim could not remove its socket.
 	if address := task.ShimAddress(bundle); address != "" {
 		shim.RemoveSocket(address)

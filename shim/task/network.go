@@ -21,6 +21,8 @@ import (
 type wiredNetwork struct {
 	ns   *network.Namespace
 	nics []string // QEMU device ids
+	// owner is the container whose create wired it (a pod's sandbox).
+	owner string
 }
 
 // networkPath is the path of the network namespace the spec joins, or "".
@@ -38,7 +40,7 @@ func networkPath(spec *specs.Spec) string {
 
 // joinNetwork wires the namespace at path to the VM, once per VM: the
 // containers of a pod all name the pod's namespace. Called with s.mu held.
-func (s *Service) joinNetwork(ctx context.Context, path string) (retErr error) {
+func (s *Service) joinNetwork(ctx context.Context, owner, path string) (retErr error) {
 	if s.net != nil {
 		if s.net.ns.Path != path {
 			return fmt.Errorf("network namespace %s: this VM is wired to %s already (the containers of a VM share one network namespace): %w", path, s.net.ns.Path, errdefs.ErrInvalidArgument)
@@ -50,7 +52,7 @@ func (s *Service) joinNetwork(ctx context.Context, path string) (retErr error) {
 	if err != nil {
 		return err
 	}
-	w := &wiredNetwork{ns: ns}
+	w := &wiredNetwork{ns: ns, owner: owner}
 	defer func() {
 		if retErr != nil {
 			s.unwire(ctx, w)

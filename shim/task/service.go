@@ -68,10 +68,12 @@ type sharedDisk struct {
 
 type container struct {
 	id, bundle string
-	size       config.Size
-	owned      []ownedDisk
-	layers     []string // layer image paths it holds
-	procs      map[string]*proc
+	// hooks are the spec's OCI hooks that run on the host, if any.
+	hooks  *hostHooks
+	size   config.Size
+	owned  []ownedDisk
+	layers []string // layer image paths it holds
+	procs  map[string]*proc
 }
 
 type ownedDisk struct{ serial, path string }
@@ -237,8 +239,20 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		guestRootfs = append(guestRootfs, m)
 	}
 
-	if path := networkPath(spec); path != "" {
-		if err := s.joinNetwork(ctx, path); err != nil {
+	// The hooks (nerdctl's CNI setup) run before the wiring: what they make
+	// in the namespace is what the VM is wired to.
+	hh, netPath, err := runCreateHooks(ctx, r.ID, r.Bundle, spec)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			hh.poststop(ctx) // as runc's destroy of a failed create
+		}
+	}()
+	c.hooks = hh
+	if netPath != "" {
+		if err := s.joinNetwork(ctx, c.id, netPath); err != nil {
 			return nil, err
 		}
 	}
@@ -445,10 +459,15 @@ func (s *Service) agentClient() (taskAPI.TTRPCTaskService, error) {
 
 // Start starts a process.
 func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
-	if _, _, err := s.lookup(r.ID, r.ExecID); err != nil {
+	c, _, err := s.lookup(r.ID, r.ExecID)
+	if err != nil {
 		return nil, toGRPC(err)
 	}
-	return toAgent(s, func(a taskAPI.TTRPCTaskService) (*taskAPI.StartResponse, error) { return a.Start(ctx, r) })
+	resp, err := toAgent(s, func(a taskAPI.TTRPCTaskService) (*taskAPI.StartResponse, error) { return a.Start(ctx, r) })
+	if err == nil && r.ExecID == "" {
+		c.hooks.poststart(ctx)
+	}
+	return resp, err
 }
 
 // Exec adds a process to a container.
@@ -563,6 +582,13 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			x.io.Close()
 		}
 		s.releaseDisks(ctx, c)
+		if s.net != nil && s.net.owner == c.id && len(s.containers) == 1 {
+			// The VM's last container: its cards go before the poststop
+			// hooks (CNI DEL) take the namespace's interfaces away.
+			s.unwire(ctx, s.net)
+			s.net = nil
+		}
+		c.hooks.poststop(ctx)
 		os.Remove(filepath.Join(c.bundle, VMDirFile))
 		delete(s.containers, r.ID)
 		if len(s.containers) > 0 && s.vm != nil {

@@ -107,6 +107,9 @@ func TestVMName(t *testing.T) {
 		if !vmName.MatchString(name) {
 			t.Errorf("VMName(%q, %q) = %q: ReadVMDir would refuse it", c[0], c[1], name)
 		}
+		if len(name) > vmNameMax {
+			t.Errorf("VMName(%q, %q) = %q: over %d characters (socket paths)", c[0], c[1], name, vmNameMax)
+		}
 		if other, dup := names[name]; dup {
 			t.Errorf("VMName(%q, %q) = VMName(%q, %q) = %q", c[0], c[1], other[0], other[1], name)
 		}

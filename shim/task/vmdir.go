@@ -18,25 +18,29 @@ import (
 // VM's name.
 const VMDirFile = "qemu-shim-vm"
 
-// vmNameHash is how many hex digits of the hash end a VM's name.
-const vmNameHash = 16
+// vmNameHash is how many hex digits of the hash end a VM's name, and
+// vmNameMax its length at most: short enough that the state directory's
+// sockets fit the 108 bytes of a Unix socket path under a state root of
+// up to about 48 characters, whatever the container's ID.
+const (
+	vmNameHash = 16
+	vmNameMax  = 40
+)
 
-// vmName matches what VMName makes: at most 64 characters, as vm.Config
-// allows for an ID.
-var vmName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,46}-[0-9a-f]{16}$`)
+// vmName matches what VMName makes.
+var vmName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,22}-[0-9a-f]{16}$`)
 
 // VMName names the VM, and so its state directory under the state root, of
 // the shim whose first container is id in namespace. Container IDs are
 // unique only within a namespace, so the name is unique per namespace and
 // id: a hash of both ends it, after as much of "namespace_id" as fits in
-// the 64 characters a VM's ID may have (for people, like `qemu-shim
-// list`). It is a path component of letters, digits, '_', '.' and '-' that
+// vmNameMax characters (for people, like `qemu-shim list`). It is a path component of letters, digits, '_', '.' and '-' that
 // never equals another entry of the state root (vm.CIDLeaseDirName).
 func VMName(namespace, id string) string {
 	sum := sha256.Sum256([]byte(strconv.Itoa(len(namespace)) + ":" + namespace + id))
 	readable := []byte(namespace + "_" + id)
-	if len(readable) > 64-1-vmNameHash {
-		readable = readable[:64-1-vmNameHash]
+	if len(readable) > vmNameMax-1-vmNameHash {
+		readable = readable[:vmNameMax-1-vmNameHash]
 	}
 	for i, b := range readable {
 		switch {
