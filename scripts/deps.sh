@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
 	qemu-system-x86 qemu-utils   # the hypervisor, qemu-img
+	qemu-system-common           # virtiofsd, for bind mounts
 	e2fsprogs erofs-utils        # mkfs.ext4 -d, mkfs.erofs for image layers
 	kmod cpio lz4                # guest image: depmod, initramfs, vmlinux unpacking
 	busybox-static               # the busybox test and quickstart image

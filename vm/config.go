@@ -64,6 +64,9 @@ type Config struct {
 	// HotplugPorts is how many PCIe slots are kept for hot-plugged network
 	// cards. Hot-plugged disks go on a virtio-scsi controller instead.
 	HotplugPorts int
+	// Share, when set, exports the VM's staging directory (ShareDir) to the
+	// guest over virtio-fs, and puts the guest's RAM in shared memory.
+	Share *Share
 	// BootTimeout bounds Start (until the agent answers).
 	BootTimeout time.Duration
 	// Debug makes the agent log verbosely to the console log.

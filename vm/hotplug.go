@@ -226,7 +226,11 @@ func (i *Instance) AddMemory(ctx context.Context, sizeMiB int) error {
 	i.hp.seq++
 	id := fmt.Sprintf("dimm%d", i.hp.seq)
 	backend := "mem-" + id
-	if err := i.qmp.Run(ctx, "object-add", map[string]any{"qom-type": "memory-backend-ram", "id": backend, "size": uint64(sizeMiB) << 20}, nil); err != nil {
+	obj := map[string]any{"qom-type": cmdline.MemoryBackend(i.cfg.Share != nil), "id": backend, "size": uint64(sizeMiB) << 20}
+	if i.cfg.Share != nil {
+		obj["share"] = true // virtiofsd maps all of the guest's memory
+	}
+	if err := i.qmp.Run(ctx, "object-add", obj, nil); err != nil {
 		return fmt.Errorf("vm %s: memory backend: %w", i.cfg.ID, err)
 	}
 	if err := i.qmp.Run(ctx, "device_add", map[string]any{"driver": "pc-dimm", "id": id, "memdev": backend}, nil); err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 
+	"github.com/qemu-shim/qemu-shim/internal/mountutil"
 	"github.com/qemu-shim/qemu-shim/internal/transport"
 	"github.com/qemu-shim/qemu-shim/internal/transport/serial"
 	"github.com/qemu-shim/qemu-shim/internal/transport/vsock"
@@ -53,8 +54,9 @@ type Instance struct {
 	transport transport.Kind
 	cidLease  *vsock.Lease
 
-	proc   *process
-	qmp    *qmp.Monitor
+	proc      *process
+	virtiofsd *process
+	qmp       *qmp.Monitor
 	host   transport.Host
 	client *ttrpc.Client
 	agent  agentapi.AgentService
@@ -188,6 +190,14 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	if err := i.prepareStateDir(ctx); err != nil {
 		return err
 	}
+	if i.cfg.Share != nil {
+		if err := i.cfg.Share.check(); err != nil {
+			return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
+		}
+		if err := i.startVirtiofsd(ctx); err != nil {
+			return err
+		}
+	}
 	m, err := i.machine()
 	if err != nil {
 		return err
@@ -268,7 +278,7 @@ func (i *Instance) prepareStateDir(ctx context.Context) error {
 	} else if pid != 0 {
 		log.G(ctx).WithField("vm", i.cfg.ID).WithField("pid", pid).Warn("killed a stale QEMU left by an earlier shim")
 	}
-	if err := os.RemoveAll(i.stateDir); err != nil {
+	if err := mountutil.RemoveAll(i.stateDir); err != nil {
 		return fmt.Errorf("vm %s: clear state directory: %w", i.cfg.ID, err)
 	}
 	if err := os.Mkdir(i.stateDir, 0o700); err != nil {
@@ -319,6 +329,7 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 		PidFile:           filepath.Join(i.stateDir, PidFileName),
 		HotplugPorts:      i.cfg.HotplugPorts,
 		SCSIController:    true,
+		SharedMemory:      i.cfg.Share != nil,
 		Sandbox:           sandboxSupported(i.cfg.QEMU),
 	}
 	if i.cfg.Tools != "" {
@@ -343,6 +354,9 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 	default:
 		m.AgentSocket = filepath.Join(i.stateDir, agentSocketName)
 		m.AgentPortName = serial.PortName
+	}
+	if i.cfg.Share != nil {
+		m.VirtiofsSocket, m.VirtiofsTag = filepath.Join(i.stateDir, virtiofsdSocketName), ShareTag
 	}
 	i.hp.init(i.cfg)
 	return m, nil
@@ -509,7 +523,8 @@ func (i *Instance) cleanup(ctx context.Context) {
 		if i.cidLease != nil {
 			i.cidLease.Release()
 		}
-		if err := os.RemoveAll(i.stateDir); err != nil {
+		i.stopVirtiofsd()
+		if err := mountutil.RemoveAll(i.stateDir); err != nil {
 			log.G(ctx).WithError(err).WithField("vm", i.cfg.ID).Warn("remove state directory")
 		}
 	})

@@ -75,6 +75,7 @@ func run(ctx context.Context, socket, runc, root string) error {
 	taskAPI.RegisterTTRPCTaskService(server, task.New(ctx, task.Config{
 		Runc: runc, Root: root, SysfsRoot: "/sys", Streams: demux, Events: events,
 		NetworkNamespace: netSvc.Namespace,
+		Share:            task.MountShare(task.ShareMountPoint),
 	}))
 	networkapi.RegisterNetworkService(server, netSvc)
 	eventsapi.RegisterEventsService(server, events)

@@ -56,6 +56,9 @@ type Config struct {
 	// namespace (made on first use). Nil leaves containers in the guest's
 	// root namespace.
 	NetworkNamespace func() (string, error)
+	// Share returns where the host's share of files is mounted (mounting it
+	// on first use); nil when the guest has none.
+	Share func() (string, error)
 }
 
 // Service is the task service.
@@ -202,7 +205,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if c.mounts, err = mountRootfs(ctx, s.cfg.SysfsRoot, c.bundle, r.Rootfs); err != nil {
 		return nil, err
 	}
-	if err := adaptSpec(ctx, r.ID, spec, s.cfg.NetworkNamespace); err != nil {
+	if err := adaptSpec(ctx, r.ID, spec, s.cfg.NetworkNamespace, s.cfg.Share); err != nil {
 		return nil, err
 	}
 	config, err := json.Marshal(spec)

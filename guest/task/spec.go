@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"strings"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
 )
 
 // SpecTypeURL marks CreateTaskRequest.Options that carry the bundle's
@@ -58,7 +61,7 @@ func decodeSpec(a *anypb.Any) (*specs.Spec, error) {
 // for a network namespace shares it. A spec with no network namespace
 // (the host's network, to runc) gets the guest's root namespace, which has
 // only lo.
-func adaptSpec(ctx context.Context, id string, s *specs.Spec, netns func() (string, error)) error {
+func adaptSpec(ctx context.Context, id string, s *specs.Spec, netns, share func() (string, error)) error {
 	l := log.G(ctx).WithField("container", id)
 	readonly := s.Root != nil && s.Root.Readonly
 	s.Root = &specs.Root{Path: "rootfs", Readonly: readonly}
@@ -96,6 +99,22 @@ func adaptSpec(ctx context.Context, id string, s *specs.Spec, netns func() (stri
 	}
 	var mounts []specs.Mount
 	for _, m := range s.Mounts {
+		if rel, ok := strings.CutPrefix(m.Source, agentapi.ShareSourcePrefix); ok && isBind(m) {
+			// A host file or directory the host staged in the share.
+			if !agentapi.ValidShareEntry(rel) {
+				return fmt.Errorf("mount on %s: share entry %q: %w", m.Destination, rel, errdefs.ErrInvalidArgument)
+			}
+			if share == nil {
+				return fmt.Errorf("mount on %s: this guest has no share of host files: %w", m.Destination, errdefs.ErrFailedPrecondition)
+			}
+			root, err := share()
+			if err != nil {
+				return fmt.Errorf("mount on %s: %w", m.Destination, err)
+			}
+			m.Source = path.Join(root, rel)
+			mounts = append(mounts, m)
+			continue
+		}
 		if isBind(m) {
 			if _, err := os.Stat(m.Source); err != nil {
 				l.WithField("source", m.Source).WithField("destination", m.Destination).Warn("bind mount source is not in the guest: left out")

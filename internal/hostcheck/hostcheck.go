@@ -41,7 +41,16 @@ func Run(o Options) []Result {
 	if o.QEMU == "" {
 		o.QEMU = "qemu-system-x86_64"
 	}
-	return []Result{kvm(), vhostVsock(), qemu(o.QEMU), firmware(), guestImage(o.GuestDir), cgroup2()}
+	return []Result{kvm(), vhostVsock(), qemu(o.QEMU), firmware(), virtiofsd(), guestImage(o.GuestDir), cgroup2()}
+}
+
+// virtiofsd checks for the daemon that shares bind mounts with the guest.
+func virtiofsd() Result {
+	if _, err := os.Stat(vm.DefaultVirtiofsd); err != nil {
+		return Result{Name: "virtiofsd", Level: Warn, Detail: fmt.Sprintf("%s: %v: containers with bind mounts (and pods) cannot be created", vm.DefaultVirtiofsd, err),
+			Fix: "apt-get install qemu-system-common (or run 'make deps')"}
+	}
+	return Result{Name: "virtiofsd", Level: OK, Detail: vm.DefaultVirtiofsd}
 }
 
 func kvm() Result {

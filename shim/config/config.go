@@ -48,6 +48,8 @@ type VM struct {
 	StateRoot    string   `toml:"state_root"`
 	KernelParams []string `toml:"kernel_params"`
 	Debug        bool     `toml:"debug"`
+	// Virtiofsd serves the containers' bind mounts to the guest.
+	Virtiofsd string `toml:"virtiofsd"`
 }
 
 // Rootfs configures how snapshots become disks.

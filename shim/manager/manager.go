@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/log"
 
+	"github.com/qemu-shim/qemu-shim/internal/mountutil"
 	"github.com/qemu-shim/qemu-shim/shim/config"
 	"github.com/qemu-shim/qemu-shim/shim/rootfs"
 	"github.com/qemu-shim/qemu-shim/shim/task"
@@ -184,7 +185,9 @@ func (m *manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) 
 				log.G(ctx).WithField("pid", pid).Warn("ended the QEMU left by the shim")
 			}
 			// No QEMU owns it any more (a pod's VM dies with its shim).
-			os.RemoveAll(dir)
+			if err := mountutil.RemoveAll(dir); err != nil {
+				log.G(ctx).WithError(err).Warn("remove the VM state directory left by the shim")
+			}
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		log.G(ctx).WithError(err).Warn("VM state directory not cleaned up")

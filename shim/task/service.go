@@ -32,6 +32,7 @@ import (
 	"github.com/qemu-shim/qemu-shim/internal/transport"
 	"github.com/qemu-shim/qemu-shim/shim/config"
 	"github.com/qemu-shim/qemu-shim/shim/rootfs"
+	"github.com/qemu-shim/qemu-shim/shim/share"
 	"github.com/qemu-shim/qemu-shim/shim/stdio"
 	eventsapi "github.com/qemu-shim/qemu-shim/task/events/v1"
 	"github.com/qemu-shim/qemu-shim/vm"
@@ -59,6 +60,9 @@ type Service struct {
 	eventsDone chan struct{}
 	// net is the container network namespace wired to the VM, if any.
 	net *wiredNetwork
+	// staging holds the containers' bind mounts for the guest; nil when
+	// the VM has no share.
+	staging *share.Staging
 }
 
 type sharedDisk struct {
@@ -68,6 +72,8 @@ type sharedDisk struct {
 
 type container struct {
 	id, bundle string
+	// shared is the container's entry in the share, "" if none.
+	shared string
 	// hooks are the spec's OCI hooks that run on the host, if any.
 	hooks  *hostHooks
 	size   config.Size
@@ -199,7 +205,12 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	bootedHere := false
 	c := &container{id: r.ID, bundle: r.Bundle, size: size, procs: map[string]*proc{}}
 	if s.vm == nil {
-		if err := s.boot(ctx, r.ID, cfg, size); err != nil {
+		// The share of host files is decided at boot, since the guest's
+		// memory must be shared for it: a VM gets it when its first
+		// container has bind mounts, or is a pod's (whose later
+		// containers, as Kubernetes', bring theirs).
+		withShare := share.Binds(spec.Mounts) > 0 || podOf(spec.Annotations)
+		if err := s.boot(ctx, r.ID, cfg, size, withShare); err != nil {
 			return nil, err
 		}
 		bootedHere = true
@@ -257,6 +268,28 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}
 
+	// Bind mounts reach the guest through the share; the guest's spec
+	// names their staged entries.
+	if n := share.Binds(spec.Mounts); n > 0 {
+		if s.staging == nil {
+			return nil, fmt.Errorf("container %s has %d bind mounts, but its VM was started without a share of host files (its first container had none and is no pod's): %w", r.ID, n, errdefs.ErrFailedPrecondition)
+		}
+		mounts, dir, err := s.staging.Add(spec.Mounts)
+		if err != nil {
+			return nil, fmt.Errorf("container %s: %w", r.ID, err)
+		}
+		c.shared = dir
+		spec.Mounts = mounts
+		if configJSON, err = json.Marshal(spec); err != nil {
+			return nil, err
+		}
+	}
+	defer func() {
+		if retErr != nil && c.shared != "" {
+			share.Remove(c.shared)
+		}
+	}()
+
 	attached := time.Now()
 	host := stdio.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
 	pio, guest, err := s.openIO(ctx, r.ID, host)
@@ -300,7 +333,7 @@ func (s *Service) openIO(ctx context.Context, id string, host stdio.Stdio) (*std
 
 // boot starts the VM, sized for its first container and named after it
 // (VMName).
-func (s *Service) boot(ctx context.Context, id string, cfg config.Config, size config.Size) error {
+func (s *Service) boot(ctx context.Context, id string, cfg config.Config, size config.Size, withShare bool) error {
 	m, err := cfg.VM.Machine(size)
 	if err != nil {
 		return fmt.Errorf("container %s: %w", id, err)
@@ -327,6 +360,9 @@ func (s *Service) boot(ctx context.Context, id string, cfg config.Config, size c
 		BootTimeout:  cfg.VM.BootTimeout.Duration,
 		Debug:        cfg.VM.Debug,
 	}
+	if withShare {
+		vcfg.Share = &vm.Share{Virtiofsd: cfg.VM.Virtiofsd}
+	}
 	inst, err := vm.New(vcfg)
 	if err != nil {
 		return err
@@ -342,6 +378,9 @@ func (s *Service) boot(ctx context.Context, id string, cfg config.Config, size c
 	s.vm = inst
 	s.cfg = cfg
 	s.agent = taskAPI.NewTTRPCTaskClient(client)
+	if dir := inst.ShareDir(); dir != "" {
+		s.staging = &share.Staging{Dir: dir}
+	}
 	s.eventsDone = make(chan struct{})
 	go s.forwardEvents(inst)
 	go s.watchVM(inst)
@@ -425,6 +464,7 @@ func (s *Service) stopVM(ctx context.Context) {
 	}
 	s.vm = nil
 	s.agent = nil
+	s.staging = nil // its entries went with the VM's state directory
 }
 
 func (s *Service) lookup(id, execID string) (*container, *proc, error) {
@@ -589,6 +629,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			s.net = nil
 		}
 		c.hooks.poststop(ctx)
+		if err := share.Remove(c.shared); err != nil {
+			log.G(ctx).WithError(err).WithField("container", c.id).Warn("unstage bind mounts")
+		}
 		os.Remove(filepath.Join(c.bundle, VMDirFile))
 		delete(s.containers, r.ID)
 		if len(s.containers) > 0 && s.vm != nil {
@@ -821,4 +864,10 @@ func (s *Service) watchVM(inst *vm.Instance) {
 	for _, p := range procs {
 		p.io.Close()
 	}
+}
+
+// podOf says whether a container belongs to a pod (or group) whose VM
+// later containers join.
+func podOf(annotations map[string]string) bool {
+	return annotations["io.kubernetes.cri.sandbox-id"] != "" || annotations["io.qemu-shim.group"] != ""
 }

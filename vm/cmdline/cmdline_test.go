@@ -59,6 +59,12 @@ func TestArgs(t *testing.T) {
 		{"hotplug ports", func(m *Machine) { m.HotplugPorts = 2 }, [][2]string{
 			{"-device", "pcie-root-port,id=hp0,chassis=1,slot=1"}, {"-device", "pcie-root-port,id=hp1,chassis=2,slot=2"},
 		}, nil},
+		{"virtio-fs", func(m *Machine) {
+			m.SharedMemory, m.VirtiofsSocket, m.VirtiofsTag = true, "/run/vm/virtiofs.sock", "share"
+		}, [][2]string{
+			{"-machine", "q35,accel=tcg,memory-backend=ram0"}, {"-object", "memory-backend-memfd,id=ram0,size=512M,share=on"},
+			{"-chardev", "socket,id=virtiofs,path=/run/vm/virtiofs.sock"}, {"-device", "vhost-user-fs-pci,chardev=virtiofs,tag=share"},
+		}, nil},
 		{"scsi controller", func(m *Machine) { m.SCSIController = true }, [][2]string{
 			{"-device", "virtio-scsi-pci,id=scsi0"},
 		}, nil},

@@ -69,7 +69,22 @@ type Machine struct {
 	// hot-plugged disks: one PCI device holds up to ScsiTargets disks, so
 	// the number of disks is not bounded by the root ports.
 	SCSIController bool
+	// SharedMemory puts the guest's RAM (and hot-plugged memory) in
+	// shared memory (memfd, share=on), as vhost-user devices need.
+	SharedMemory bool
+	// VirtiofsSocket, when set, adds a vhost-user-fs device on virtiofsd's
+	// socket, which the guest mounts by VirtiofsTag.
+	VirtiofsSocket, VirtiofsTag string
 	Sandbox        bool
+}
+
+// MemoryBackend is the QEMU object type of guest memory: shared memory
+// (memfd, to be given share=on) when vhost-user devices need it.
+func MemoryBackend(shared bool) string {
+	if shared {
+		return "memory-backend-memfd"
+	}
+	return "memory-backend-ram"
 }
 
 // ScsiControllerID is the virtio-scsi controller's device id; its bus is
@@ -102,6 +117,8 @@ func (m *Machine) Validate() error {
 		return errors.New("memory hot-plug needs at least one slot")
 	case m.Kernel == "":
 		return errors.New("no kernel")
+	case m.VirtiofsSocket != "" && !m.SharedMemory:
+		return errors.New("virtio-fs needs the guest's memory shared")
 	case m.QMPSocket == "":
 		return errors.New("no QMP socket")
 	case (m.AgentSocket == "") == (m.VsockCID == 0):
@@ -128,9 +145,13 @@ func (m *Machine) Args() ([]string, error) {
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
+	machine := "q35,accel=" + string(m.Accel)
+	if m.SharedMemory {
+		machine += ",memory-backend=ram0"
+	}
 	a := []string{
 		"-name", "qemu-shim",
-		"-machine", "q35,accel=" + string(m.Accel),
+		"-machine", machine,
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 	}
 	if m.Accel == KVM {
@@ -145,9 +166,12 @@ func (m *Machine) Args() ([]string, error) {
 		mem += fmt.Sprintf(",slots=%d,maxmem=%dM", m.MemorySlots, m.MaxMemoryMiB)
 	}
 	a = append(a, "-m", mem)
+	if m.SharedMemory {
+		a = append(a, "-object", fmt.Sprintf("memory-backend-memfd,id=ram0,size=%dM,share=on", m.MemoryMiB))
+	}
 	if m.VirtioMemMiB > 0 {
 		a = append(a,
-			"-object", fmt.Sprintf("memory-backend-ram,id=vmem0,size=%dM", m.VirtioMemMiB),
+			"-object", fmt.Sprintf("%s,id=vmem0,size=%dM%s", MemoryBackend(m.SharedMemory), m.VirtioMemMiB, map[bool]string{true: ",share=on"}[m.SharedMemory]),
 			"-device", "virtio-mem-pci,id=vmemdev0,memdev=vmem0,requested-size=0")
 	}
 	a = append(a, "-kernel", m.Kernel)
@@ -204,6 +228,11 @@ func (m *Machine) Args() ([]string, error) {
 	}
 	if m.SCSIController {
 		a = append(a, "-device", "virtio-scsi-pci,id="+ScsiControllerID)
+	}
+	if m.VirtiofsSocket != "" {
+		a = append(a,
+			"-chardev", "socket,id=virtiofs,path="+escape(m.VirtiofsSocket),
+			"-device", "vhost-user-fs-pci,chardev=virtiofs,tag="+escape(m.VirtiofsTag))
 	}
 	for i := 0; i < m.HotplugPorts; i++ {
 		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d,slot=%d", HotplugPortName(i), i+1, i+1))

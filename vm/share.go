@@ -1,0 +1,140 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
+)
+
+// DefaultVirtiofsd is the C virtiofsd Debian 12's qemu-system-common ships.
+const DefaultVirtiofsd = "/usr/lib/qemu/virtiofsd"
+
+// ShareTag is the virtio-fs tag the guest mounts the share by.
+const ShareTag = agentapi.ShareTag
+
+// Names in a VM's state directory.
+const (
+	// ShareDirName is the staging directory exported to the guest.
+	ShareDirName        = "share"
+	virtiofsdSocketName = "virtiofs.sock"
+)
+
+// virtiofsdStartWait bounds how long virtiofsd may take to listen.
+var virtiofsdStartWait = 10 * time.Second
+
+// Share exports the VM's staging directory (ShareDir) to the guest over
+// virtio-fs: one virtiofsd per VM, the guest's RAM in shared memory (which
+// virtiofsd maps). Only what is mounted into the staging directory is
+// reachable from the guest.
+type Share struct {
+	// Virtiofsd is the daemon's binary (DefaultVirtiofsd).
+	Virtiofsd string
+}
+
+// ShareDir is the directory exported to the guest, when the VM has a
+// share: bind mounts made below it (after Start) appear in the guest under
+// the share's mount point.
+func (i *Instance) ShareDir() string {
+	if i.cfg.Share == nil {
+		return ""
+	}
+	return filepath.Join(i.stateDir, ShareDirName)
+}
+
+// startVirtiofsd makes the staging directory a shared mount (so that the
+// bind mounts later made below it propagate into virtiofsd's own mount
+// namespace) and starts virtiofsd on it, returning once it listens.
+func (i *Instance) startVirtiofsd(ctx context.Context) error {
+	dir := i.ShareDir()
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return fmt.Errorf("vm %s: share directory: %w", i.cfg.ID, err)
+	}
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("vm %s: bind share directory: %w", i.cfg.ID, err)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("vm %s: make share directory shared: %w", i.cfg.ID, err)
+	}
+	socket := filepath.Join(i.stateDir, virtiofsdSocketName)
+	// cache=auto with no timeout: the guest revalidates every lookup and
+	// reopened file with the host, so a host change is seen at the next
+	// access (close-to-open), while open files keep the page cache.
+	args := []string{"--socket-path=" + socket, "-o", "source=" + dir, "-o", "cache=auto", "-o", "timeout=0",
+		"-o", "sandbox=namespace", "-o", "announce_submounts", "-o", "log_level=warn"}
+	p, err := startProcess(i.cfg.Share.Virtiofsd, args, nil)
+	if err != nil {
+		return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
+	}
+	i.virtiofsd = p
+	deadline := time.Now().Add(virtiofsdStartWait)
+	for {
+		if _, err := os.Stat(socket); err == nil {
+			break
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("vm %s: virtiofsd exited at start: %s", i.cfg.ID, p.describe())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("vm %s: virtiofsd did not listen after %v: %w", i.cfg.ID, virtiofsdStartWait, context.DeadlineExceeded)
+		}
+	}
+	go i.watchVirtiofsd(p)
+	return nil
+}
+
+// watchVirtiofsd treats virtiofsd's death as the VM's: the containers'
+// host files are gone, and a guest waiting on them would hang.
+func (i *Instance) watchVirtiofsd(p *process) {
+	<-p.exited
+	select {
+	case <-i.stopping:
+		return
+	default:
+	}
+	log.G(context.Background()).WithField("vm", i.cfg.ID).WithField("status", p.describe()).Error("virtiofsd exited under the VM: stopping it")
+	if i.proc != nil {
+		i.proc.signal(syscall.SIGKILL)
+	}
+}
+
+// stopVirtiofsd ends virtiofsd (it normally exits with QEMU's connection).
+func (i *Instance) stopVirtiofsd() {
+	if i.virtiofsd == nil {
+		return
+	}
+	if !i.virtiofsd.waitExit(time.Second) {
+		i.virtiofsd.signal(syscall.SIGTERM)
+		if !i.virtiofsd.waitExit(2 * time.Second) {
+			i.virtiofsd.signal(syscall.SIGKILL)
+			i.virtiofsd.waitExit(sigkillWait)
+		}
+	}
+}
+
+// checkShare validates the share's configuration.
+func (s *Share) check() error {
+	if s.Virtiofsd == "" {
+		s.Virtiofsd = DefaultVirtiofsd
+	}
+	if _, err := os.Stat(s.Virtiofsd); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("virtiofsd %s is missing (Debian's qemu-system-common ships it; run 'make deps'): %w", s.Virtiofsd, errdefs.ErrNotFound)
+		}
+		return err
+	}
+	return nil
+}
