@@ -205,7 +205,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if c.mounts, err = mountRootfs(ctx, s.cfg.SysfsRoot, c.bundle, r.Rootfs); err != nil {
 		return nil, err
 	}
-	if err := adaptSpec(ctx, r.ID, spec, s.cfg.NetworkNamespace, s.cfg.Share); err != nil {
+	if err := adaptSpec(ctx, r.ID, spec, adaptEnv{netns: s.cfg.NetworkNamespace, share: s.cfg.Share, isInit: s.isInit}); err != nil {
 		return nil, err
 	}
 	config, err := json.Marshal(spec)
@@ -734,4 +734,12 @@ func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*em
 // Checkpoint is not supported in a VM.
 func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
 	return nil, fmt.Errorf("checkpoint: %w", errdefs.ErrNotImplemented)
+}
+
+// isInit says whether pid is the init of one of the containers.
+func (s *Service) isInit(pid int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.byPid[pid]
+	return ok && p.execID == ""
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/containerd/errdefs"
@@ -61,7 +63,14 @@ func decodeSpec(a *anypb.Any) (*specs.Spec, error) {
 // for a network namespace shares it. A spec with no network namespace
 // (the host's network, to runc) gets the guest's root namespace, which has
 // only lo.
-func adaptSpec(ctx context.Context, id string, s *specs.Spec, netns, share func() (string, error)) error {
+//
+// A namespace path /proc/<pid>/ns/<type> where pid is the init of another
+// container of this guest (as containerd's CRI plugin names the pod
+// sandbox's namespaces, by the pid it was told) is kept: the container
+// joins that one. Any other path names a host object, and the container
+// gets a new namespace of that type instead.
+func adaptSpec(ctx context.Context, id string, s *specs.Spec, env adaptEnv) error {
+	netns, share := env.netns, env.share
 	l := log.G(ctx).WithField("container", id)
 	readonly := s.Root != nil && s.Root.Readonly
 	s.Root = &specs.Root{Path: "rootfs", Readonly: readonly}
@@ -78,9 +87,9 @@ func adaptSpec(ctx context.Context, id string, s *specs.Spec, netns, share func(
 			nss = append(nss, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: p})
 			continue
 		}
-		if ns.Path != "" {
-			l.WithField("namespace", ns.Type).WithField("path", ns.Path).Info("host namespace path has no meaning in the guest: sharing the VM's")
-			continue
+		if ns.Path != "" && !(env.isInit != nil && siblingNamespace(ns, env.isInit)) {
+			l.WithField("namespace", ns.Type).WithField("path", ns.Path).Info("namespace path names no container of this guest: a new namespace instead")
+			ns.Path = ""
 		}
 		if ns.Type == specs.CgroupNamespace {
 			hasCgroupNS = true
@@ -125,6 +134,32 @@ func adaptSpec(ctx context.Context, id string, s *specs.Spec, netns, share func(
 	}
 	s.Mounts = mounts
 	return nil
+}
+
+// adaptEnv is what adaptSpec needs of the guest.
+type adaptEnv struct {
+	// netns and share return the VM's container network namespace and the
+	// host's share, made on first use; nil when the guest has none.
+	netns, share func() (string, error)
+	// isInit says whether pid is the init of a container of this guest.
+	isInit func(pid int) bool
+}
+
+var siblingPath = regexp.MustCompile(`^/proc/([0-9]{1,10})/ns/([a-z]{2,8})$`)
+
+// siblingNamespace says whether ns names the namespace of its type of
+// another container's init in this guest.
+func siblingNamespace(ns specs.LinuxNamespace, isInit func(int) bool) bool {
+	m := siblingPath.FindStringSubmatch(ns.Path)
+	if m == nil {
+		return false
+	}
+	kind := map[string]specs.LinuxNamespaceType{
+		"ipc": specs.IPCNamespace, "uts": specs.UTSNamespace, "pid": specs.PIDNamespace, "mnt": specs.MountNamespace,
+		"cgroup": specs.CgroupNamespace, "user": specs.UserNamespace, "net": specs.NetworkNamespace, "time": specs.TimeNamespace,
+	}[m[2]]
+	pid, err := strconv.Atoi(m[1])
+	return err == nil && kind == ns.Type && isInit(pid)
 }
 
 func isBind(m specs.Mount) bool {

@@ -42,33 +42,52 @@ func WriteLayeredArchive(w io.Writer, ref string, extra int) error {
 	if err := BusyboxRoot(dir); err != nil {
 		return err
 	}
-	var base bytes.Buffer
-	if err := tarDir(&base, dir); err != nil {
-		return err
-	}
-	layers := [][]byte{base.Bytes()}
+	var extras [][]byte
 	for i := 1; i <= extra; i++ {
 		layer, err := oneFileLayer(LayerFile(i), fmt.Sprintf("%d\n", i))
 		if err != nil {
 			return err
 		}
-		layers = append(layers, layer)
+		extras = append(extras, layer)
 	}
+	return writeArchive(w, ref, dir, ImageConfig{Cmd: []string{"sh"}}, extras)
+}
+
+// ImageConfig is what an image's configuration says about its process.
+type ImageConfig struct {
+	Entrypoint, Cmd []string
+}
+
+// WriteDirArchive writes the directory dir as a one-layer image.
+func WriteDirArchive(w io.Writer, ref, dir string, cfg ImageConfig) error {
+	return writeArchive(w, ref, dir, cfg, nil)
+}
+
+func writeArchive(w io.Writer, ref, dir string, cfg ImageConfig, extras [][]byte) error {
+	var base bytes.Buffer
+	if err := tarDir(&base, dir); err != nil {
+		return err
+	}
+	layers := append([][]byte{base.Bytes()}, extras...)
 	var diffIDs, layerNames []string
 	for i, l := range layers {
 		sum := sha256.Sum256(l)
 		diffIDs = append(diffIDs, "sha256:"+hex.EncodeToString(sum[:]))
 		layerNames = append(layerNames, fmt.Sprintf("layer%03d.tar", i))
 	}
+	process := map[string]any{"Env": []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}}
+	if cfg.Entrypoint != nil {
+		process["Entrypoint"] = cfg.Entrypoint
+	}
+	if cfg.Cmd != nil {
+		process["Cmd"] = cfg.Cmd
+	}
 	config, err := json.Marshal(map[string]any{
 		"architecture": "amd64",
 		"os":           "linux",
 		"created":      "1970-01-01T00:00:00Z",
-		"config": map[string]any{
-			"Env": []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			"Cmd": []string{"sh"},
-		},
-		"rootfs": map[string]any{"type": "layers", "diff_ids": diffIDs},
+		"config":       process,
+		"rootfs":       map[string]any{"type": "layers", "diff_ids": diffIDs},
 	})
 	if err != nil {
 		return err

@@ -35,9 +35,10 @@ type hostHooks struct {
 // runCreateHooks runs the prestart and createRuntime hooks on the host, as
 // runc does during create, with a state whose pid is a host process in the
 // container's host-side network namespace (made here if the spec asks for
-// a new one). It returns the namespace's path for the wiring, "" if none.
-func runCreateHooks(ctx context.Context, id, bundle string, spec *specs.Spec) (*hostHooks, string, error) {
-	path := networkPath(spec)
+// a new one); path is the host-side namespace the spec joins (see
+// resolveNetns). It returns the namespace's path for the wiring, "" if
+// none.
+func runCreateHooks(ctx context.Context, id, bundle string, spec *specs.Spec, path string) (*hostHooks, string, error) {
 	if hooks.HostHooks(spec.Hooks) == 0 {
 		return nil, path, nil
 	}

@@ -3,6 +3,7 @@ package task
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strconv"
 	"time"
 
@@ -36,6 +37,31 @@ func networkPath(spec *specs.Spec) string {
 		}
 	}
 	return ""
+}
+
+// siblingNetns matches the network namespace of another container's
+// process, as containerd's CRI plugin names the pod's for its containers
+// (/proc/<the sandbox's pid>/ns/net).
+var siblingNetns = regexp.MustCompile(`^/proc/([0-9]{1,10})/ns/net$`)
+
+// resolveNetns returns the host-side network namespace a spec's container
+// joins: its path, or, when the path names a process of one of this VM's
+// containers (by the guest pid containerd was told), the namespace wired
+// to the VM already ("" if none was). Called with s.mu held.
+func (s *Service) resolveNetns(spec *specs.Spec) string {
+	path := networkPath(spec)
+	if m := siblingNetns.FindStringSubmatch(path); m != nil {
+		pid, _ := strconv.ParseUint(m[1], 10, 32)
+		for _, c := range s.containers {
+			if c.pid == uint32(pid) {
+				if s.net != nil {
+					return s.net.ns.Path
+				}
+				return ""
+			}
+		}
+	}
+	return path
 }
 
 // joinNetwork wires the namespace at path to the VM, once per VM: the

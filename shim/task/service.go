@@ -72,6 +72,8 @@ type sharedDisk struct {
 
 type container struct {
 	id, bundle string
+	// pid is the init's pid in the guest, as containerd is told it.
+	pid uint32
 	// shared is the container's entry in the share, "" if none.
 	shared string
 	// hooks are the spec's OCI hooks that run on the host, if any.
@@ -227,8 +229,13 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			}
 		}
 	}()
-	if err := os.WriteFile(filepath.Join(r.Bundle, VMDirFile), []byte(s.vm.StateDir()), 0o600); err != nil {
-		return nil, err
+	// Only the container that booted the VM names it for the cleanup after
+	// a crash: the cleanup of a pod's later container (containerd's after
+	// its failed create, too) must not end the pod's VM.
+	if bootedHere {
+		if err := os.WriteFile(filepath.Join(r.Bundle, VMDirFile), []byte(s.vm.StateDir()), 0o600); err != nil {
+			return nil, err
+		}
 	}
 	booted := time.Now()
 
@@ -252,7 +259,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 
 	// The hooks (nerdctl's CNI setup) run before the wiring: what they make
 	// in the namespace is what the VM is wired to.
-	hh, netPath, err := runCreateHooks(ctx, r.ID, r.Bundle, spec)
+	hh, netPath, err := runCreateHooks(ctx, r.ID, r.Bundle, spec, s.resolveNetns(spec))
 	if err != nil {
 		return nil, err
 	}
@@ -308,6 +315,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, errgrpc.ToNative(err)
 	}
 	c.procs[""] = p
+	c.pid = resp.Pid
 	s.containers[r.ID] = c
 	log.G(ctx).WithField("vm", booted.Sub(began)).WithField("disks", attached.Sub(booted)).
 		WithField("guest", time.Since(attached)).Debug("container created")

@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/qemu-shim/qemu-shim/internal/busybox"
+	"github.com/qemu-shim/qemu-shim/internal/mountutil"
 )
 
 // Runtime is qemu-shim's runtime name.
@@ -32,6 +33,7 @@ type Daemon struct {
 	Image                   containerd.Image
 	cmd                     *exec.Cmd
 	log                     string
+	cri                     bool
 }
 
 // RepoDir is the checkout's top directory.
@@ -40,10 +42,31 @@ func RepoDir() string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
+// Options choose what the private containerd serves.
+type Options struct {
+	// CRI enables containerd's CRI plugin with runtime handlers "runc" and
+	// "qemu" (this shim), a bridge CNI network of the daemon's own, and a
+	// pause image built from test/pause; images go to CRINamespace too.
+	CRI bool
+}
+
+// CRI's namespace, its sandbox image, the busybox name critest's specs
+// use, and the daemon's CNI bridge network.
+const (
+	CRINamespace   = "k8s.io"
+	PauseRef       = "qemu-shim.dev/pause:latest"
+	CritestBusybox = "registry.k8s.io/e2e-test-images/busybox:1.29-2"
+	CRIBridge      = "qs-cri0"
+	CRISubnet      = "10.213.11.0/24"
+)
+
 // Start starts containerd with the checkout's shim, guest image and a fresh
 // busybox image imported. Close stops it and removes its directories.
-func Start(ctx context.Context) (_ *Daemon, retErr error) {
-	d := &Daemon{Repo: RepoDir()}
+func Start(ctx context.Context) (*Daemon, error) { return StartWith(ctx, Options{}) }
+
+// StartWith starts containerd as Start does, with the given options.
+func StartWith(ctx context.Context, o Options) (_ *Daemon, retErr error) {
+	d := &Daemon{Repo: RepoDir(), cri: o.CRI}
 	for what, p := range map[string]string{
 		"containerd": d.bin("build/containerd-bin/containerd"),
 		"the shim":   d.bin("bin/containerd-shim-qemu-v1"),
@@ -81,15 +104,25 @@ upper_size_mib = 256
 		return nil, err
 	}
 	config := filepath.Join(d.Work, "containerd.toml")
-	if err := os.WriteFile(config, []byte(fmt.Sprintf(`version = 3
+	toml := fmt.Sprintf(`version = 3
 root = %q
 state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri"]
 [grpc]
   address = %q
 [ttrpc]
   address = %q
-`, filepath.Join(d.Work, "root"), filepath.Join(d.Run, "state"), d.Socket, d.Socket+".ttrpc")), 0o644); err != nil {
+`, filepath.Join(d.Work, "root"), filepath.Join(d.Run, "state"), d.Socket, d.Socket+".ttrpc")
+	if o.CRI {
+		cri, err := d.criConfig(shimConfig)
+		if err != nil {
+			return nil, err
+		}
+		toml += cri
+	} else {
+		toml = `disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri"]
+` + toml
+	}
+	if err := os.WriteFile(config, []byte(toml), 0o644); err != nil {
 		return nil, err
 	}
 	d.log = filepath.Join(d.Work, "containerd.log")
@@ -124,7 +157,95 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", 
 	if d.Image, err = d.ImportBusybox(ctx, busybox.DefaultRef, 0); err != nil {
 		return nil, err
 	}
+	if o.CRI {
+		if err := d.importCRIImages(ctx); err != nil {
+			return nil, err
+		}
+	}
 	return d, nil
+}
+
+// criConfig writes the CNI network and returns the CRI plugins' part of
+// containerd's configuration.
+func (d *Daemon) criConfig(shimConfig string) (string, error) {
+	netDir := filepath.Join(d.Work, "cni-net.d")
+	if err := os.MkdirAll(netDir, 0o755); err != nil {
+		return "", err
+	}
+	conflist := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "qemu-shim-cri", "plugins": [
+  {"type": "bridge", "bridge": %q, "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": %q}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}`, CRIBridge, CRISubnet, filepath.Join(d.Work, "cni-ipam"))
+	if err := os.WriteFile(filepath.Join(netDir, "10-qemu-shim.conflist"), []byte(conflist), 0o644); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf(`[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = '127.0.0.1'
+  stream_server_port = '0'
+[plugins.'io.containerd.cri.v1.images']
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = %q
+[plugins.'io.containerd.cri.v1.runtime']
+  # Root here lacks CAP_SYS_RESOURCE.
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ['/usr/lib/cni']
+    conf_dir = %q
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = 'runc'
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = 'io.containerd.runc.v2'
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.qemu]
+      runtime_type = %q
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.qemu.options]
+        ConfigPath = %q
+`, PauseRef, netDir, Runtime, shimConfig), nil
+}
+
+// importCRIImages puts the pause image and busybox (under its own name and
+// critest's) into CRI's namespace.
+func (d *Daemon) importCRIImages(ctx context.Context) error {
+	dir, err := os.MkdirTemp("", "qemu-shim-pause-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(dir, "pause"), "./test/pause")
+	build.Dir = d.Repo
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("build the pause binary: %v: %s", err, out)
+	}
+	var pause bytes.Buffer
+	if err := busybox.WriteDirArchive(&pause, PauseRef, dir, busybox.ImageConfig{Entrypoint: []string{"/pause"}}); err != nil {
+		return err
+	}
+	nctx := namespaces.WithNamespace(ctx, CRINamespace)
+	archives := []struct {
+		ref string
+		tar *bytes.Buffer
+	}{{PauseRef, &pause}}
+	for _, ref := range []string{busybox.DefaultRef, CritestBusybox} {
+		var b bytes.Buffer
+		if err := busybox.WriteDockerArchive(&b, ref); err != nil {
+			return err
+		}
+		archives = append(archives, struct {
+			ref string
+			tar *bytes.Buffer
+		}{ref, &b})
+	}
+	for _, a := range archives {
+		imgs, err := d.Client.Import(nctx, a.tar)
+		if err != nil {
+			return fmt.Errorf("import %s: %w", a.ref, err)
+		}
+		if err := containerd.NewImage(d.Client, imgs[0]).Unpack(nctx, ""); err != nil {
+			return fmt.Errorf("unpack %s: %w", a.ref, err)
+		}
+	}
+	return nil
 }
 
 // ImportBusybox imports busybox with extra one-file layers on top (see
@@ -185,10 +306,14 @@ func (d *Daemon) Close() {
 			<-done
 		}
 	}
+	if d.cri {
+		exec.Command("ip", "link", "del", CRIBridge).Run()
+	}
+	// (CRI mounts pods' network namespaces and shm below them.)
 	if d.Run != "" {
-		os.RemoveAll(d.Run)
+		mountutil.RemoveAll(d.Run)
 	}
 	if d.Work != "" {
-		os.RemoveAll(d.Work)
+		mountutil.RemoveAll(d.Work)
 	}
 }
