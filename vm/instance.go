@@ -57,9 +57,9 @@ type Instance struct {
 	proc      *process
 	virtiofsd *process
 	qmp       *qmp.Monitor
-	host   transport.Host
-	client *ttrpc.Client
-	agent  agentapi.AgentService
+	host      transport.Host
+	client    *ttrpc.Client
+	agent     agentapi.AgentService
 
 	taskMu     sync.Mutex
 	taskClient *ttrpc.Client

@@ -75,7 +75,7 @@ type Machine struct {
 	// VirtiofsSocket, when set, adds a vhost-user-fs device on virtiofsd's
 	// socket, which the guest mounts by VirtiofsTag.
 	VirtiofsSocket, VirtiofsTag string
-	Sandbox        bool
+	Sandbox                     bool
 }
 
 // MemoryBackend is the QEMU object type of guest memory: shared memory
