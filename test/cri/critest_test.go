@@ -1,0 +1,70 @@
+package cri
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+)
+
+// critestSkip names, by the text of their specs, what cannot run on these
+// machines whatever the handler: specs that pull images from a registry
+// (there is none here; only busybox is imported under critest's name),
+// the image service's own pull and remove specs, and specs that need
+// tools busybox lacks.
+var critestSkip = strings.Join([]string{
+	`[Pp]ull`, `image`, `Image`, `nginx`, `httpd`, `test-image`, `NRI`, `digest`, `registry`,
+}, "|")
+
+// critestResults runs critest with a handler and returns the passed and
+// failed specs, by name.
+func critestResults(ctx context.Context, t *testing.T, handler string) (passed, failed []string, summary string) {
+	t.Helper()
+	report := filepath.Join(t.TempDir(), "report")
+	os.MkdirAll(report, 0o755)
+	ep := "unix://" + env.Socket
+	cmd := exec.CommandContext(ctx, filepath.Join(env.clients, "critest"),
+		"--runtime-endpoint", ep, "--image-endpoint", ep, "--runtime-handler", handler,
+		"--ginkgo.skip", critestSkip, "--ginkgo.no-color", "--ginkgo.v", "--ginkgo.timeout", "30m")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Run() // failing specs make it exit non-zero: the specs are the result
+	os.WriteFile(filepath.Join(os.TempDir(), "critest-"+handler+".log"), out.Bytes(), 0o644)
+	text := out.String()
+	// Ginkgo's closing summary lists each failed spec as "  [FAIL] name".
+	for _, m := range regexp.MustCompile(`(?m)^  \[FAIL\] (.+)$`).FindAllStringSubmatch(text, -1) {
+		failed = append(failed, strings.TrimSpace(m[1]))
+	}
+	if m := regexp.MustCompile(`Ran \d+ of \d+ Specs.*\n.*`).FindString(text); m != "" {
+		summary = m
+	}
+	sort.Strings(failed)
+	return nil, failed, summary
+}
+
+// TestCritest: the CRI validation suite passes with the qemu handler
+// wherever it passes with runc on this machine.
+func TestCritest(t *testing.T) {
+	ctx := requireEnv(t)
+	if _, err := os.Stat(filepath.Join(env.clients, "critest")); err != nil {
+		t.Skipf("skipping: no critest: %v", err)
+	}
+	_, runcFailed, runcSummary := critestResults(ctx, t, "runc")
+	t.Logf("runc: %s", runcSummary)
+	_, qemuFailed, qemuSummary := critestResults(ctx, t, "qemu")
+	t.Logf("qemu: %s", qemuSummary)
+	runcFails := map[string]bool{}
+	for _, f := range runcFailed {
+		runcFails[f] = true
+	}
+	for _, f := range qemuFailed {
+		if !runcFails[f] {
+			t.Errorf("fails with qemu, passes with runc: %s", f)
+		}
+	}
+}
