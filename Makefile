@@ -91,7 +91,7 @@ test: deps binaries guest containerd clients
 	$(GO) vet ./...
 	QEMU_SHIM_INTEGRATION=1 $(GO) test -count=1 -timeout 30m $(TEST_FLAGS) ./...
 
-bench: deps binaries guest containerd
+bench: deps binaries guest containerd clients
 	$(GO) run ./test/bench -guest-dir $(GUEST_DIR)
 
 proto:

@@ -20,7 +20,7 @@ agent=${2:?$usage}
 taskd=${3:?$usage}
 runc=${4:-}
 package=${GUEST_KERNEL_PACKAGE:-linux-image-cloud-amd64}
-modules=${GUEST_MODULES:-virtio_pci virtio_blk virtio_scsi sd_mod virtiofs virtio_net virtio_console vsock vmw_vsock_virtio_transport overlay erofs virtio_mem}
+modules=${GUEST_MODULES:-virtio_pci virtio_blk virtio_scsi sd_mod virtiofs bridge virtio_net virtio_console vsock vmw_vsock_virtio_transport overlay erofs virtio_mem}
 
 die() { echo "build-guest: $*" >&2; exit 1; }
 for tool in apt-cache apt-get dpkg-deb depmod lz4 cpio mkfs.erofs; do

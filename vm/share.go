@@ -11,7 +11,6 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	"golang.org/x/sys/unix"
 
 	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
 )
@@ -41,9 +40,24 @@ type Share struct {
 	Virtiofsd string
 }
 
+// ShareMarker is a file at the top of the share directory, by which a
+// process that entered virtiofsd's mount namespace knows it is there.
+const ShareMarker = ".qemu-shim-share"
+
+// ShareNamespacePid is a process in virtiofsd's mount namespace (0 without
+// a share), whose root there is the share directory. Mounts made there
+// reach the guest without ever being in the host's mount namespace, where
+// they would keep the host's directories busy.
+func (i *Instance) ShareNamespacePid() int {
+	if i.virtiofsd == nil {
+		return 0
+	}
+	return i.virtiofsd.pid()
+}
+
 // ShareDir is the directory exported to the guest, when the VM has a
-// share: bind mounts made below it (after Start) appear in the guest under
-// the share's mount point.
+// share: what is mounted below it in virtiofsd's mount namespace appears
+// in the guest under the share's mount point.
 func (i *Instance) ShareDir() string {
 	if i.cfg.Share == nil {
 		return ""
@@ -51,19 +65,17 @@ func (i *Instance) ShareDir() string {
 	return filepath.Join(i.stateDir, ShareDirName)
 }
 
-// startVirtiofsd makes the staging directory a shared mount (so that the
-// bind mounts later made below it propagate into virtiofsd's own mount
-// namespace) and starts virtiofsd on it, returning once it listens.
+// startVirtiofsd starts virtiofsd on the staging directory, returning once
+// it listens.
 func (i *Instance) startVirtiofsd(ctx context.Context) error {
 	dir := i.ShareDir()
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return fmt.Errorf("vm %s: share directory: %w", i.cfg.ID, err)
 	}
-	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("vm %s: bind share directory: %w", i.cfg.ID, err)
-	}
-	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
-		return fmt.Errorf("vm %s: make share directory shared: %w", i.cfg.ID, err)
+	// The staging mounts are made inside virtiofsd's own mount namespace
+	// (see ShareNamespacePid), which this file marks the root of.
+	if err := os.WriteFile(filepath.Join(dir, ShareMarker), nil, 0o400); err != nil {
+		return fmt.Errorf("vm %s: share directory: %w", i.cfg.ID, err)
 	}
 	socket := filepath.Join(i.stateDir, virtiofsdSocketName)
 	// cache=auto with no timeout: the guest revalidates every lookup and

@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"sync"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/qemu-shim/qemu-shim/internal/nsthread"
 	api "github.com/qemu-shim/qemu-shim/task/network/v1"
 )
 
@@ -68,30 +68,23 @@ func create(path string) error {
 		return fmt.Errorf("container network namespace %s: %w", path, err)
 	}
 	f.Close()
-	errc := make(chan error, 1)
-	// The thread that unshares stays in the new namespace: it is never
-	// handed back to the scheduler and ends with the goroutine.
-	go func() {
-		runtime.LockOSThread()
+	err = nsthread.Do(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare network namespace: %w", err)
-			return
+			return fmt.Errorf("unshare network namespace: %w", err)
 		}
-		if err := unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("mount network namespace on %s: %w", path, err)
-			return
+		if err := unix.Mount("/proc/thread-self/ns/net", path, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("mount network namespace on %s: %w", path, err)
 		}
 		lo, err := netlink.LinkByName("lo")
 		if err == nil {
 			err = netlink.LinkSetUp(lo)
 		}
 		if err != nil {
-			errc <- fmt.Errorf("lo up in the container network namespace: %w", err)
-			return
+			return fmt.Errorf("lo up in the container network namespace: %w", err)
 		}
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
+		return nil
+	})
+	if err != nil {
 		unix.Unmount(path, unix.MNT_DETACH)
 		os.Remove(path)
 		return err

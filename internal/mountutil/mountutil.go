@@ -16,15 +16,35 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Mount is a mount point and whether it is read-only.
+type Mount struct {
+	Path     string
+	ReadOnly bool
+}
+
 // MountsUnder lists the mount points at or below dir, deepest first.
 func MountsUnder(dir string) ([]string, error) {
+	mounts, err := MountInfoUnder(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(mounts))
+	for i, m := range mounts {
+		out[i] = m.Path
+	}
+	return out, nil
+}
+
+// MountInfoUnder lists the mounts at or below dir, deepest first.
+func MountInfoUnder(dir string) ([]Mount, error) {
 	dir = filepath.Clean(dir)
-	f, err := os.Open("/proc/self/mountinfo")
+	// The calling thread's view: the main thread may be elsewhere.
+	f, err := os.Open("/proc/thread-self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var out []string
+	var out []Mount
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -34,13 +54,17 @@ func MountsUnder(dir string) ([]string, error) {
 		}
 		mp := unescape(fields[4])
 		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
+			ro := false
+			for _, o := range strings.Split(fields[5], ",") {
+				ro = ro || o == "ro"
+			}
+			out = append(out, Mount{Path: mp, ReadOnly: ro})
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, err
 	}
-	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	sort.SliceStable(out, func(i, j int) bool { return len(out[i].Path) > len(out[j].Path) })
 	return out, nil
 }
 

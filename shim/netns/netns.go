@@ -17,6 +17,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/qemu-shim/qemu-shim/internal/nsthread"
 )
 
 // holderEnv, in the environment of the shim's binary, makes it the holder
@@ -117,18 +119,13 @@ func create(path string) error {
 		return fmt.Errorf("network namespace file: %w", err)
 	}
 	f.Close()
-	errc := make(chan error, 1)
-	// The thread that unshares stays in the new namespace: it is never
-	// given back to the scheduler and ends with the goroutine.
-	go func() {
-		runtime.LockOSThread()
+	err = nsthread.Do(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare network namespace: %w", err)
-			return
+			return fmt.Errorf("unshare network namespace: %w", err)
 		}
-		errc <- unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "", unix.MS_BIND, "")
-	}()
-	if err := <-errc; err != nil {
+		return unix.Mount("/proc/thread-self/ns/net", path, "", unix.MS_BIND, "")
+	})
+	if err != nil {
 		os.Remove(path)
 		return fmt.Errorf("make network namespace %s: %w", path, err)
 	}

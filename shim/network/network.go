@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
 	"unsafe"
 
@@ -21,6 +20,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/qemu-shim/qemu-shim/internal/nsthread"
 )
 
 // TapPrefix starts the names of the taps this package makes.
@@ -237,23 +238,14 @@ func config(h *netlink.Handle, l netlink.Link) ([]netip.Prefix, []Route, error) 
 // headers, as QEMU wants it) inside ns and returns it open. It is not
 // persistent: it lasts as long as an open descriptor of it.
 func createTap(ns netns.NsHandle, name string) (*os.File, error) {
-	type result struct {
-		f   *os.File
-		err error
-	}
-	done := make(chan result, 1)
-	// The thread that enters the namespace is never given back to the Go
-	// scheduler: it ends with the goroutine.
-	go func() {
-		runtime.LockOSThread()
+	var tap *os.File
+	err := nsthread.Do(func() error {
 		if err := netns.Set(ns); err != nil {
-			done <- result{err: fmt.Errorf("enter network namespace: %w", err)}
-			return
+			return fmt.Errorf("enter network namespace: %w", err)
 		}
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
-			done <- result{err: fmt.Errorf("open /dev/net/tun: %w", err)}
-			return
+			return fmt.Errorf("open /dev/net/tun: %w", err)
 		}
 		var req struct {
 			name  [unix.IFNAMSIZ]byte
@@ -264,13 +256,12 @@ func createTap(ns netns.NsHandle, name string) (*os.File, error) {
 		req.flags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
 		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req))); errno != 0 {
 			unix.Close(fd)
-			done <- result{err: fmt.Errorf("create tap %s: %w", name, errno)}
-			return
+			return fmt.Errorf("create tap %s: %w", name, errno)
 		}
-		done <- result{f: os.NewFile(uintptr(fd), "tap-"+name)}
-	}()
-	r := <-done
-	return r.f, r.err
+		tap = os.NewFile(uintptr(fd), "tap-"+name)
+		return nil
+	})
+	return tap, err
 }
 
 // redirect gives the tap the interface's MTU, brings it up and sends each

@@ -74,7 +74,7 @@ type container struct {
 	id, bundle string
 	// pid is the init's pid in the guest, as containerd is told it.
 	pid uint32
-	// shared is the container's entry in the share, "" if none.
+	// shared is the container's entry in the staging directory, "" if none.
 	shared string
 	// hooks are the spec's OCI hooks that run on the host, if any.
 	hooks  *hostHooks
@@ -193,6 +193,9 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := cfg.ApplyAnnotations(spec.Annotations); err != nil {
 		return nil, err
 	}
+	if err := checkHostNamespaces(r.ID, spec); err != nil {
+		return nil, err
+	}
 	var size config.Size
 	if spec.Linux != nil {
 		size = config.SizeOf(spec.Linux.Resources)
@@ -281,11 +284,11 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		if s.staging == nil {
 			return nil, fmt.Errorf("container %s has %d bind mounts, but its VM was started without a share of host files (its first container had none and is no pod's): %w", r.ID, n, errdefs.ErrFailedPrecondition)
 		}
-		mounts, dir, err := s.staging.Add(spec.Mounts)
+		mounts, entry, err := s.staging.Add(spec.Mounts)
 		if err != nil {
 			return nil, fmt.Errorf("container %s: %w", r.ID, err)
 		}
-		c.shared = dir
+		c.shared = entry
 		spec.Mounts = mounts
 		if configJSON, err = json.Marshal(spec); err != nil {
 			return nil, err
@@ -293,7 +296,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	defer func() {
 		if retErr != nil && c.shared != "" {
-			share.Remove(c.shared)
+			s.staging.Remove(c.shared)
 		}
 	}()
 
@@ -387,7 +390,7 @@ func (s *Service) boot(ctx context.Context, id string, cfg config.Config, size c
 	s.cfg = cfg
 	s.agent = taskAPI.NewTTRPCTaskClient(client)
 	if dir := inst.ShareDir(); dir != "" {
-		s.staging = &share.Staging{Dir: dir}
+		s.staging = &share.Staging{Dir: dir, Pid: inst.ShareNamespacePid()}
 	}
 	s.eventsDone = make(chan struct{})
 	go s.forwardEvents(inst)
@@ -637,8 +640,10 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			s.net = nil
 		}
 		c.hooks.poststop(ctx)
-		if err := share.Remove(c.shared); err != nil {
-			log.G(ctx).WithError(err).WithField("container", c.id).Warn("unstage bind mounts")
+		if s.staging != nil {
+			if err := s.staging.Remove(c.shared); err != nil {
+				log.G(ctx).WithError(err).WithField("container", c.id).Warn("unstage bind mounts")
+			}
 		}
 		os.Remove(filepath.Join(c.bundle, VMDirFile))
 		delete(s.containers, r.ID)
@@ -878,4 +883,25 @@ func (s *Service) watchVM(inst *vm.Instance) {
 // later containers join.
 func podOf(annotations map[string]string) bool {
 	return annotations["io.kubernetes.cri.sandbox-id"] != "" || annotations["io.qemu-shim.group"] != ""
+}
+
+// checkHostNamespaces refuses a Kubernetes pod that asks for the node's
+// network, PID or IPC namespace (hostNetwork, hostPID, hostIPC): in a VM
+// they would be the guest's, which is not what the pod asked for. (Outside
+// Kubernetes, a spec without a network namespace gets the guest's root
+// one, with only lo: see the README.)
+func checkHostNamespaces(id string, spec *specs.Spec) error {
+	if spec.Annotations["io.kubernetes.cri.container-type"] != "sandbox" || spec.Linux == nil {
+		return nil
+	}
+	for _, t := range []specs.LinuxNamespaceType{specs.NetworkNamespace, specs.PIDNamespace, specs.IPCNamespace} {
+		found := false
+		for _, ns := range spec.Linux.Namespaces {
+			found = found || ns.Type == t
+		}
+		if !found {
+			return fmt.Errorf("pod sandbox %s asks for the host's %s namespace (hostNetwork, hostPID or hostIPC): a pod in a VM cannot share the node's: %w", id, t, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
 }

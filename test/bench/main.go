@@ -7,6 +7,12 @@
 //   - ctr run: `ctr run --rm` of echo to its output through a private
 //     containerd, beside containerd's runc shim and the boot floor; the
 //     shim's and QEMU's RSS.
+//   - share: what shared guest memory and virtiofsd cost a VM (boot, RSS).
+//   - bind: a bind mount's write, read and stat speed, beside runc's.
+//   - net: TCP both ways through a CNI bridge, and what joining a network
+//     namespace adds to a start, beside runc's.
+//   - cri: a pod's start through containerd's CRI plugin, qemu handler
+//     beside runc, and a pod VM's host overhead.
 package main
 
 import (
@@ -33,7 +39,7 @@ func main() {
 	guestDir := flag.String("guest-dir", guestimage.Dir(), "guest image directory")
 	runcPath := flag.String("runc", "build/runc", "runc binary for the host baseline")
 	runs := flag.Int("n", 7, "runs of each measurement")
-	only := flag.String("only", "", "run one section: boot, containers or ctr")
+	only := flag.String("only", "", "run one section: boot, containers, ctr, share, bind, net or cri")
 	flag.Parse()
 	log.SetLevel("warn")
 	section = *only
@@ -97,7 +103,25 @@ func run(guestDir, runcPath string, runs int) error {
 		}
 	}
 	if want("ctr") {
-		return ctrSection(runs, floor)
+		if err := ctrSection(runs, floor); err != nil {
+			return err
+		}
+	}
+	for _, s := range []struct {
+		name string
+		run  func() error
+	}{
+		{"share", func() error { return shareSection(work, img, runs) }},
+		{"bind", func() error { return bindSection(runs) }},
+		{"net", func() error { return netSection(runs) }},
+		{"cri", func() error { return criSection(runs) }},
+	} {
+		if want(s.name) {
+			fmt.Printf("\n")
+			if err := s.run(); err != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+		}
 	}
 	return nil
 }

@@ -52,6 +52,10 @@ func TestMain(m *testing.M) {
 	if code != 0 {
 		fmt.Fprintf(os.Stderr, "containerd log (end):\n%s\n", d.LogTail(8000))
 	}
+	// Pods a failed spec left would keep their shims (and VMs) running
+	// after containerd stops, as shims do.
+	ep := "unix://" + d.Socket
+	exec.Command(filepath.Join(env.clients, "crictl"), "--runtime-endpoint", ep, "rmp", "--all", "--force").Run()
 	d.Close()
 	os.Exit(code)
 }

@@ -19,10 +19,19 @@ const (
 )
 
 // ValidShareEntry says whether rel is the path of a staged entry in the
-// share: the guest refuses any other.
+// share ("c3/m1"), or of a path below one ("c3/m1/sub/dir", a submount of
+// the entry's source): the guest refuses any other.
 func ValidShareEntry(rel string) bool {
-	c, m, ok := strings.Cut(rel, "/")
-	return ok && numbered(c, "c", 9) && numbered(m, "m", 4)
+	parts := strings.Split(rel, "/")
+	if len(parts) < 2 || !numbered(parts[0], "c", 9) || !numbered(parts[1], "m", 4) {
+		return false
+	}
+	for _, p := range parts[2:] {
+		if p == "" || p == "." || p == ".." {
+			return false
+		}
+	}
+	return true
 }
 
 func numbered(s, prefix string, maxDigits int) bool {
