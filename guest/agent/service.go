@@ -245,7 +245,7 @@ func (s *Service) MountBlock(ctx context.Context, req *api.MountBlockRequest) (*
 			return nil, fmt.Errorf("mount option %q: %w", o, errdefs.ErrInvalidArgument)
 		}
 	}
-	if err := unix.Mount(dev, target, req.Fstype, flags, strings.Join(req.Options, ",")); err != nil {
+	if err := blockdev.Mount(ctx, dev, target, req.Fstype, flags, strings.Join(req.Options, ","), wait); err != nil {
 		os.Remove(target)
 		return nil, fmt.Errorf("mount %s (serial %s) as %s on %s: %w", dev, req.Serial, req.Fstype, target, err)
 	}

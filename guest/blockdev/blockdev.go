@@ -2,6 +2,7 @@ package blockdev
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 // Device is one virtio disk: virtio-blk (vd*) or a disk on the
@@ -95,4 +97,23 @@ func readTrim(path string) string {
 		return ""
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// Mount mounts a freshly plugged disk. The kernel shows a disk (in sysfs
+// and /dev) a moment before it can be opened (device_add comes before the
+// block device is registered): until then mount fails with ENXIO, and is
+// tried again for up to wait.
+func Mount(ctx context.Context, dev, dir, fstype string, flags uintptr, data string, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		err := unix.Mount(dev, dir, fstype, flags, data)
+		if !errors.Is(err, unix.ENXIO) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }

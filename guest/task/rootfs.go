@@ -74,7 +74,7 @@ func mountRootfs(ctx context.Context, sysfs, bundle string, rootfs []*types.Moun
 		if ro {
 			flags |= unix.MS_RDONLY
 		}
-		if err := unix.Mount(dev.Path(), dir, m.Type, flags, ""); err != nil {
+		if err := blockdev.Mount(ctx, dev.Path(), dir, m.Type, flags, "", deviceWait); err != nil {
 			return mounted, fmt.Errorf("mount rootfs layer %d (%s, serial %s) on %s: %w", i, m.Type, serial, dir, err)
 		}
 		mounted = append(mounted, dir)
