@@ -124,6 +124,18 @@ func TestNerdctlDefaultNetwork(t *testing.T) {
 			}
 			n.run(ctx, t, "stop", "-t", "2", name)
 			n.run(ctx, t, "rm", name)
+
+			// -v: a host directory, read and written, and a read-only one.
+			vol := t.TempDir()
+			os.WriteFile(filepath.Join(vol, "in"), []byte("from the host\n"), 0o644)
+			out = n.run(ctx, t, "run", "--rm", "--runtime", runtime, "-v", vol+":/vol", "-v", vol+":/vol-ro:ro", busybox.DefaultRef,
+				"sh", "-c", "cat /vol/in; echo from the container > /vol/out; (echo x > /vol-ro/nope) 2>/dev/null || echo ro-refused")
+			if out != "from the host\nro-refused\n" {
+				t.Errorf("-v: %q", out)
+			}
+			if b, _ := os.ReadFile(filepath.Join(vol, "out")); string(b) != "from the container\n" {
+				t.Errorf("-v: the host sees %q", b)
+			}
 		})
 	}
 	// Nothing of either run is left: no container, netns, tap, shim, QEMU.

@@ -14,6 +14,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 	gocni "github.com/containerd/go-cni"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/qemu-shim/qemu-shim/internal/busybox"
 )
 
 // cniPluginDir is where Debian's containernetworking-plugins installs.
@@ -106,6 +108,11 @@ func TestContainerJoinsCNINetwork(t *testing.T) {
 			want := ip + "/24\nping-ok\nhello from the host\n"
 			if status != 0 || out != want {
 				t.Errorf("exit %d, output %q, want %q", status, out, want)
+			}
+			// The same through ctr's --with-ns.
+			ctrOut, err := ctrCommand(ctx, "run", "--rm", "--runtime", runtime, "--with-ns", "network:"+path, busybox.DefaultRef, tag+"-ctr", "sh", "-c", script).Output()
+			if err != nil || string(ctrOut) != want {
+				t.Errorf("ctr run --with-ns: %v: %q, want %q", err, ctrOut, want)
 			}
 
 			// Two containers of one pod in the same namespace (for ours,
