@@ -256,6 +256,58 @@ func SizeOf(r *specs.LinuxResources) Size {
 	return s
 }
 
+// The pod's resources as containerd's CRI plugin puts them on the pod's
+// sandbox container (the sum of its containers' limits, with the pod's
+// overhead).
+const (
+	AnnotationContainerType    = "io.kubernetes.cri.container-type"
+	AnnotationSandboxCPUQuota  = "io.kubernetes.cri.sandbox-cpu-quota"
+	AnnotationSandboxCPUPeriod = "io.kubernetes.cri.sandbox-cpu-period"
+	AnnotationSandboxMemory    = "io.kubernetes.cri.sandbox-memory"
+)
+
+// PodSizeOf reads a pod sandbox's resources from its annotations; it is
+// zero for any other container, or a pod without limits.
+func PodSizeOf(annotations map[string]string) (Size, error) {
+	var s Size
+	if annotations[AnnotationContainerType] != "sandbox" {
+		return s, nil
+	}
+	num := func(key string) (int64, error) {
+		v, ok := annotations[key]
+		if !ok || v == "" {
+			return 0, nil
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("annotation %s=%q: want a number of at least 0: %w", key, v, errdefs.ErrInvalidArgument)
+		}
+		return n, nil
+	}
+	quota, err := num(AnnotationSandboxCPUQuota)
+	if err != nil {
+		return s, err
+	}
+	period, err := num(AnnotationSandboxCPUPeriod)
+	if err != nil {
+		return s, err
+	}
+	mem, err := num(AnnotationSandboxMemory)
+	if err != nil {
+		return s, err
+	}
+	if quota > 0 {
+		if period == 0 {
+			period = 100000
+		}
+		s.CPUs = int(math.Ceil(float64(quota) / float64(period)))
+	}
+	if mem > 0 {
+		s.MemoryMiB = int((mem + (1<<20 - 1)) >> 20)
+	}
+	return s, nil
+}
+
 // Machine is the size a VM boots with.
 type Machine struct {
 	CPUs, MaxCPUs           int

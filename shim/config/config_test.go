@@ -225,3 +225,34 @@ func TestMachine(t *testing.T) {
 		}
 	}
 }
+
+func TestPodSizeOf(t *testing.T) {
+	sandbox := func(kv ...string) map[string]string {
+		a := map[string]string{AnnotationContainerType: "sandbox"}
+		for i := 0; i+1 < len(kv); i += 2 {
+			a[kv[i]] = kv[i+1]
+		}
+		return a
+	}
+	for _, tc := range []struct {
+		name string
+		in   map[string]string
+		want Size
+		bad  bool
+	}{
+		{"no limits", sandbox(), Size{}, false},
+		{"quota and memory", sandbox(AnnotationSandboxCPUQuota, "150000", AnnotationSandboxCPUPeriod, "100000", AnnotationSandboxMemory, "536870913"), Size{CPUs: 2, MemoryMiB: 513}, false},
+		{"default period", sandbox(AnnotationSandboxCPUQuota, "100000"), Size{CPUs: 1}, false},
+		{"not a sandbox", map[string]string{AnnotationSandboxMemory: "536870912"}, Size{}, false},
+		{"bad number", sandbox(AnnotationSandboxMemory, "lots"), Size{}, true},
+		{"negative", sandbox(AnnotationSandboxCPUQuota, "-1"), Size{}, true},
+	} {
+		got, err := PodSizeOf(tc.in)
+		if (err != nil) != tc.bad || got != tc.want {
+			t.Errorf("%s: %+v %v, want %+v (error %v)", tc.name, got, err, tc.want, tc.bad)
+		}
+		if tc.bad && !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("%s: %v is not invalid argument", tc.name, err)
+		}
+	}
+}

@@ -18,6 +18,12 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/opencontainers/runtime-spec/specs-go/features"
+
+	// Registers the runtime spec's Features with typeurl.
+	_ "github.com/containerd/containerd/v2/core/runtime"
 
 	"github.com/qemu-shim/qemu-shim/internal/mountutil"
 	"github.com/qemu-shim/qemu-shim/shim/config"
@@ -204,7 +210,41 @@ func (m *manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) 
 	return shim.StopStatus{ExitStatus: 128 + int(syscall.SIGKILL), ExitedAt: time.Now()}, nil
 }
 
-// Info describes the runtime.
+// Info describes the runtime, with the OCI features containers get (what
+// containerd's CRI plugin asks of a runtime handler, as it asks runc's
+// through `runc features`): the guest's runc's mount options, which the
+// shim honours for bind mounts too (rro included), the namespaces the
+// guest gives, and the hooks that run on the host. User namespaces are not
+// offered: virtio-fs in the guest kernel has no idmapped mounts.
 func (m *manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeInfo, error) {
-	return &types.RuntimeInfo{Name: m.name, Version: &types.RuntimeVersion{Version: Version}}, nil
+	info := &types.RuntimeInfo{Name: m.name, Version: &types.RuntimeVersion{Version: Version}}
+	f, err := typeurl.MarshalAnyToProto(Features())
+	if err != nil {
+		return nil, fmt.Errorf("marshal features: %w", err)
+	}
+	info.Features = f
+	return info, nil
+}
+
+// Features is what containers of this runtime can use.
+func Features() *features.Features {
+	yes := true
+	return &features.Features{
+		OCIVersionMin: "1.0.0",
+		OCIVersionMax: specs.Version,
+		Hooks:         []string{"prestart", "createRuntime", "poststart", "poststop"},
+		MountOptions: []string{
+			"async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "iversion", "lazytime", "loud",
+			"mand", "noatime", "nodev", "nodiratime", "noexec", "nolazytime", "nomand", "norelatime", "nostrictatime",
+			"nosuid", "nosymfollow", "private", "ratime", "rbind", "rdev", "rdiratime", "relatime", "remount", "rexec",
+			"rnoatime", "rnodev", "rnodiratime", "rnoexec", "rnorelatime", "rnostrictatime", "rnosuid", "rnosymfollow",
+			"ro", "rprivate", "rrelatime", "rro", "rrw", "rshared", "rslave", "rstrictatime", "rsuid", "rsymfollow",
+			"runbindable", "rw", "shared", "silent", "slave", "strictatime", "suid", "symfollow", "sync", "unbindable",
+		},
+		Linux: &features.Linux{
+			Namespaces: []string{"cgroup", "ipc", "mount", "network", "pid", "uts"},
+			Cgroup:     &features.Cgroup{V2: &yes, Systemd: new(bool)},
+			Seccomp:    &features.Seccomp{Enabled: &yes},
+		},
+	}
 }

@@ -4,7 +4,11 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
+
+	"github.com/containerd/typeurl/v2"
+	"github.com/opencontainers/runtime-spec/specs-go/features"
 
 	"github.com/qemu-shim/qemu-shim/shim/task"
 )
@@ -46,5 +50,22 @@ func TestStopRemovesTheRecordedStateDirectoryOnly(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(bundle, task.VMDirFile)); !os.IsNotExist(err) {
 		t.Errorf("%s left in the bundle: %v", task.VMDirFile, err)
+	}
+}
+
+// TestInfoOffersRecursiveReadOnly: containerd's CRI plugin reads the
+// runtime's features from Info, as it reads runc's: rro on, userns off.
+func TestInfoOffersRecursiveReadOnly(t *testing.T) {
+	info, err := NewShimManager("io.containerd.qemu.v1").Info(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := typeurl.UnmarshalAny(info.Features)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, ok := v.(*features.Features)
+	if !ok || !slices.Contains(f.MountOptions, "rro") || slices.Contains(f.Linux.Namespaces, "user") {
+		t.Errorf("features %+v", v)
 	}
 }

@@ -63,6 +63,9 @@ type Service struct {
 	// staging holds the containers' bind mounts for the guest; nil when
 	// the VM has no share.
 	staging *share.Staging
+	// podSize is the pod's resources, from its sandbox: the VM never has
+	// less while the pod lives.
+	podSize config.Size
 }
 
 type sharedDisk struct {
@@ -200,6 +203,10 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if spec.Linux != nil {
 		size = config.SizeOf(spec.Linux.Resources)
 	}
+	podSize, err := config.PodSizeOf(spec.Annotations)
+	if err != nil {
+		return nil, err
+	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -215,7 +222,11 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		// container has bind mounts, or is a pod's (whose later
 		// containers, as Kubernetes', bring theirs).
 		withShare := share.Binds(spec.Mounts) > 0 || podOf(spec.Annotations)
-		if err := s.boot(ctx, r.ID, cfg, size, withShare); err != nil {
+		// A pod's VM is sized for the pod (its sandbox carries the sum of
+		// its containers' limits), not for the pause container.
+		s.podSize = podSize
+		bootSize := config.Size{CPUs: max(size.CPUs, podSize.CPUs), MemoryMiB: max(size.MemoryMiB, podSize.MemoryMiB)}
+		if err := s.boot(ctx, r.ID, cfg, bootSize, withShare); err != nil {
 			return nil, err
 		}
 		bootedHere = true

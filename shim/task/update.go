@@ -61,6 +61,8 @@ func (s *Service) target(joining config.Size) (cpus, memMiB int, err error) {
 		total.MemoryMiB += c.size.MemoryMiB
 		n++
 	}
+	// The pod's own figure covers its containers' limits.
+	total.CPUs, total.MemoryMiB = max(total.CPUs, s.podSize.CPUs), max(total.MemoryMiB, s.podSize.MemoryMiB)
 	cpus, memMiB, err = s.cfg.VM.Fit(total)
 	if err != nil && n > 1 {
 		err = fmt.Errorf("the VM's containers together: %w", err)

@@ -108,7 +108,8 @@ func TestCrictlPod(t *testing.T) {
 		"metadata":      map[string]any{"name": "qs-pod", "namespace": "default", "uid": "qs-pod-uid", "attempt": 1},
 		"hostname":      "qs-pod-host",
 		"log_directory": logDir,
-		"linux":         map[string]any{},
+		// The pod's resources: its VM is sized for them from the start.
+		"linux": map[string]any{"resources": map[string]any{"cpu_period": 100000, "cpu_quota": 200000, "memory_limit_in_bytes": 512 << 20}},
 	})
 	podID := strings.TrimSpace(crictl(ctx, t, "runp", "--runtime", "qemu", pod))
 	t.Cleanup(func() {
@@ -142,6 +143,14 @@ func TestCrictlPod(t *testing.T) {
 	}
 	if len(bootIDs) != 1 {
 		t.Errorf("the pod's containers see %d boot ids, want one VM", len(bootIDs))
+	}
+	if n := crictl(ctx, t, "exec", ids[0], "nproc"); n != "2\n" {
+		t.Errorf("the pod's VM has %q vCPUs, want the pod's 2", n)
+	}
+	var memKiB int
+	fmt.Sscanf(crictl(ctx, t, "exec", ids[0], "awk", "/MemTotal/ {print $2}", "/proc/meminfo"), "%d", &memKiB)
+	if memKiB < 600<<10 {
+		t.Errorf("the pod's VM has %d KiB of memory: want room for the pod's 512 MiB beside the guest's own", memKiB)
 	}
 	if b, _ := exec.Command("pgrep", "-fc", "qemu-system.*"+env.VMStateRoot()).Output(); strings.TrimSpace(string(b)) != "1" {
 		t.Errorf("%s QEMU processes for the pod, want 1", strings.TrimSpace(string(b)))
