@@ -35,7 +35,13 @@ type Dialer func(ctx context.Context, name string) (net.Conn, error)
 type IO struct {
 	outputs   sync.WaitGroup
 	stdinOnce sync.Once
+	// stdin is the guest's stdin stream; stdinHold is the shim's own write
+	// end of the stdin fifo, which keeps the fifo open while clients
+	// detach and reattach, as the runc shim does: the process's stdin ends
+	// only after CloseIO, once everything written before it is delivered.
 	stdin     net.Conn
+	stdinHold io.Closer
+	holdOnce  sync.Once
 	mu        sync.Mutex
 	closers   []io.Closer
 	logger    *exec.Cmd
@@ -98,10 +104,18 @@ func Open(ctx context.Context, namespace, id string, s Stdio, prefix string, dia
 			return nil, guest, err
 		}
 		p.stdin = c
+		hold, err := fifo.OpenFifo(context.WithoutCancel(ctx), s.Stdin, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			return nil, guest, fmt.Errorf("open stdin %s: %w", s.Stdin, err)
+		}
+		p.stdinHold = hold
+		p.track(hold)
 		guest.Stdin = conn.StreamPrefix + prefix + "-i"
 		go func() {
+			// Until every writer is gone: the clients and, after CloseIO,
+			// the shim's own.
 			io.Copy(c, f)
-			p.CloseStdin()
+			p.closeStdinStream()
 		}()
 	}
 	return p, guest, nil
@@ -235,8 +249,19 @@ func (p *IO) startLogger(ctx context.Context, namespace, id string, u *url.URL) 
 	return outW, errW, nil
 }
 
-// CloseStdin ends the process's stdin (the guest sees end of file).
+// CloseStdin is CloseIO's: the process's stdin ends (the guest sees end
+// of file) once what clients wrote before is delivered.
 func (p *IO) CloseStdin() {
+	p.holdOnce.Do(func() {
+		if p.stdinHold != nil {
+			p.stdinHold.Close()
+			return
+		}
+		p.closeStdinStream()
+	})
+}
+
+func (p *IO) closeStdinStream() {
 	p.stdinOnce.Do(func() {
 		if p.stdin != nil {
 			p.stdin.Close()
@@ -249,24 +274,23 @@ func (p *IO) Wait(d time.Duration) bool { return syncutil.WaitTimeout(&p.outputs
 
 // Close releases everything; a logging binary gets time to finish.
 func (p *IO) Close() error {
-	p.CloseStdin()
+	p.closeStdinStream()
 	p.mu.Lock()
-	closers := p.closers
-	p.closers = nil
+	closers, logger := p.closers, p.logger
+	p.closers, p.logger = nil, nil
 	p.mu.Unlock()
 	for _, c := range closers {
 		c.Close()
 	}
-	if p.logger != nil {
+	if logger != nil {
 		done := make(chan struct{})
-		go func() { p.logger.Wait(); close(done) }()
+		go func() { logger.Wait(); close(done) }()
 		select {
 		case <-done:
 		case <-time.After(12 * time.Second):
-			p.logger.Process.Kill()
+			logger.Process.Kill()
 			<-done
 		}
-		p.logger = nil
 	}
 	return nil
 }

@@ -43,7 +43,7 @@ func TestBindMounts(t *testing.T) {
 				os.WriteFile(filepath.Join(d, "n"), []byte(fmt.Sprint(i)), 0o644)
 				mounts = append(mounts, specs.Mount{Destination: fmt.Sprintf("/many/%02d", i), Type: "bind", Source: d, Options: []string{"rbind", "ro"}})
 			}
-			id := "binds-" + fmt.Sprint(len(runtime))
+			id := "binds-" + short(runtime)
 			c, err := newContainerOn(ctx, t, runtime, id, nil, false, oci.WithMounts(mounts), oci.WithProcessArgs("sleep", "1000"))
 			if err != nil {
 				t.Fatal(err)

@@ -242,6 +242,33 @@ func memTotalKiB(t *testing.T, c *ctr, ctx context.Context) int {
 	return n
 }
 
+// TestLargeStdioRoundTrip: 20 MiB through cat's stdin and stdout arrive
+// whole, byte for byte, with CloseIO sent right after the start, as with
+// the runc shim.
+func TestLargeStdioRoundTrip(t *testing.T) {
+	ctx := requireEnv(t)
+	data := make([]byte, 20<<20)
+	for i := range data {
+		data[i] = byte(i*7 + i>>11)
+	}
+	for _, runtime := range []string{runtimeName, "io.containerd.runc.v2"} {
+		c, err := newContainerOn(ctx, t, runtime, "big-"+short(runtime), bytes.NewReader(data), false, oci.WithProcessArgs("cat"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.task.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.task.CloseIO(ctx, containerd.WithStdinCloser); err != nil {
+			t.Fatal(err)
+		}
+		status, out := c.finish(ctx)
+		if status != 0 || out != string(data) {
+			t.Errorf("%s: exit %d, %d bytes back of %d, same: %v", runtime, status, len(out), len(data), out == string(data))
+		}
+	}
+}
+
 func TestStdinAndTTY(t *testing.T) {
 	ctx := requireEnv(t)
 	c, err := newContainer(ctx, t, "cat", strings.NewReader("ping\n"), false, oci.WithProcessArgs("cat"))
@@ -249,6 +276,11 @@ func TestStdinAndTTY(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := c.task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// As ctr does once its stdin ends: the process's stdin ends after what
+	// was written (the shim holds the fifo open until then, as runc's does).
+	if err := c.task.CloseIO(ctx, containerd.WithStdinCloser); err != nil {
 		t.Fatal(err)
 	}
 	if status, out := c.finish(ctx); status != 0 || out != "ping\n" {

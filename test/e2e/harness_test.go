@@ -115,3 +115,11 @@ func leftovers() []string {
 	}
 	return out
 }
+
+// short names a runtime in container IDs: "q" for ours, "r" for runc's.
+func short(runtime string) string {
+	if runtime == runtimeName {
+		return "q"
+	}
+	return "r"
+}

@@ -108,7 +108,7 @@ func TestNerdctlDefaultNetwork(t *testing.T) {
 			// A published port: an httpd in the container answers on the
 			// host's loopback.
 			port := freePort(t)
-			name := "web-" + fmt.Sprint(len(runtime))
+			name := "web-" + short(runtime)
 			n.run(ctx, t, "run", "-d", "--name", name, "--runtime", runtime, "-p", fmt.Sprintf("127.0.0.1:%d:80", port), busybox.DefaultRef,
 				"sh", "-c", "mkdir -p /www && echo served-from-the-container > /www/index.html && echo up && exec httpd -f -p 80 -h /www")
 			defer n.cmd(context.WithoutCancel(ctx), "rm", "-f", name).Run()

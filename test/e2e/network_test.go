@@ -80,7 +80,7 @@ func TestContainerJoinsCNINetwork(t *testing.T) {
 	n := newCNINetwork(t, "qs-e2e0", "10.213.7.0/24", "10.213.7.1")
 	for _, runtime := range []string{runtimeName, "io.containerd.runc.v2"} {
 		t.Run(runtime, func(t *testing.T) {
-			tag := "n" + fmt.Sprint(len(runtime))
+			tag := "n" + short(runtime)
 			path, ip := n.podNetns(ctx, t, "qs-"+tag)
 			// A host listener on the bridge's address (there once CNI has
 			// set the bridge up): only the test's namespaces reach it.
