@@ -99,15 +99,22 @@ func readTrim(path string) string {
 	return strings.TrimSpace(string(b))
 }
 
+// einvalWait bounds the retries of a mount that found no superblock.
+const einvalWait = 2 * time.Second
+
 // Mount mounts a freshly plugged disk. The kernel shows a disk (in sysfs
 // and /dev) a moment before it can be opened (device_add comes before the
 // block device is registered): until then mount fails with ENXIO, and is
-// tried again for up to wait.
+// tried again for up to wait. EINVAL (no valid superblock) is tried again
+// for a short while too: it was seen once, under heavy load, on an erofs
+// layer that mounted fine otherwise.
 func Mount(ctx context.Context, dev, dir, fstype string, flags uintptr, data string, wait time.Duration) error {
-	deadline := time.Now().Add(wait)
+	start := time.Now()
+	deadline := start.Add(wait)
 	for {
 		err := unix.Mount(dev, dir, fstype, flags, data)
-		if !errors.Is(err, unix.ENXIO) || time.Now().After(deadline) {
+		retry := errors.Is(err, unix.ENXIO) || (errors.Is(err, unix.EINVAL) && time.Since(start) < einvalWait)
+		if !retry || time.Now().After(deadline) {
 			return err
 		}
 		select {
