@@ -11,7 +11,7 @@ packages=(
 	busybox-static               # the busybox test and quickstart image
 	libseccomp-dev pkg-config gcc libc6-dev # static runc with seccomp for the guest
 	iproute2 procps ca-certificates # ip (tap devices in tests), pgrep
-	containernetworking-plugins     # CNI bridge/host-local for the network tests
+	containernetworking-plugins iptables # CNI bridge/host-local/portmap for the network tests
 )
 missing=()
 for p in "${packages[@]}"; do
