@@ -48,12 +48,19 @@ func (n NIC) check() error {
 	return nil
 }
 
-// openTap opens an existing tap device for QEMU (no packet info, with
-// virtio-net headers).
+// openTap opens an existing tap device for QEMU.
 func openTap(name string) (*os.File, error) {
 	if _, err := os.Stat("/sys/class/net/" + name + "/tun_flags"); err != nil {
 		return nil, fmt.Errorf("tap device %s does not exist: %w", name, errdefs.ErrNotFound)
 	}
+	return TapFile(name)
+}
+
+// TapFile opens the tap device called name in the calling thread's network
+// namespace, making it if there is none, as QEMU wants it: no packet
+// information, with virtio-net headers. A tap made here is not
+// persistent: it lasts as long as a descriptor of it is open.
+func TapFile(name string) (*os.File, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
@@ -67,7 +74,7 @@ func openTap(name string) (*os.File, error) {
 	req.flags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req))); errno != 0 {
 		unix.Close(fd)
-		return nil, fmt.Errorf("attach to tap %s: %w", name, errno)
+		return nil, fmt.Errorf("tap %s: %w", name, errno)
 	}
 	return os.NewFile(uintptr(fd), "tap-"+name), nil
 }

@@ -63,18 +63,7 @@ func create(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
-	if err != nil {
-		return fmt.Errorf("container network namespace %s: %w", path, err)
-	}
-	f.Close()
-	err = nsthread.Do(func() error {
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			return fmt.Errorf("unshare network namespace: %w", err)
-		}
-		if err := unix.Mount("/proc/thread-self/ns/net", path, "", unix.MS_BIND, ""); err != nil {
-			return fmt.Errorf("mount network namespace on %s: %w", path, err)
-		}
+	return nsthread.NewNetNamespace(path, func() error {
 		lo, err := netlink.LinkByName("lo")
 		if err == nil {
 			err = netlink.LinkSetUp(lo)
@@ -84,12 +73,6 @@ func create(path string) error {
 		}
 		return nil
 	})
-	if err != nil {
-		unix.Unmount(path, unix.MNT_DETACH)
-		os.Remove(path)
-		return err
-	}
-	return nil
 }
 
 // Interface is a validated request.
@@ -178,15 +161,11 @@ func (s *Service) ConfigureInterface(ctx context.Context, r *api.ConfigureInterf
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ns, err := netns.GetFromPath(path)
+	ns, h, err := handleAt(path)
 	if err != nil {
 		return nil, err
 	}
 	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, err
-	}
 	defer h.Close()
 	link, err := waitCard(ctx, ns, h, in.MAC)
 	if err != nil {
@@ -197,6 +176,20 @@ func (s *Service) ConfigureInterface(ctx context.Context, r *api.ConfigureInterf
 	}
 	log.G(ctx).WithField("interface", in.Name).WithField("mac", in.MAC.String()).WithField("addresses", in.Addrs).Info("network card configured")
 	return &api.ConfigureInterfaceResponse{}, nil
+}
+
+// handleAt opens the namespace at path and a route netlink handle in it.
+func handleAt(path string) (netns.NsHandle, *netlink.Handle, error) {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return ns, nil, err
+	}
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		ns.Close()
+		return ns, nil, err
+	}
+	return ns, h, nil
 }
 
 // waitCard finds the card in the container namespace, or moves it there
@@ -313,15 +306,11 @@ func (s *Service) RemoveInterface(ctx context.Context, r *api.RemoveInterfaceReq
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ns, err := netns.GetFromPath(path)
+	ns, h, err := handleAt(path)
 	if err != nil {
 		return nil, err
 	}
 	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, err
-	}
 	defer h.Close()
 	if l := byMAC(h.LinkList, mac); l != nil {
 		if err := h.LinkSetDown(l); err != nil {

@@ -165,8 +165,12 @@ const (
 )
 
 // AnnotationGroup puts containers into one shim and one VM; the shim's
-// manager reads it (see manager.GroupAnnotations).
+// manager reads it (see GroupAnnotations).
 const AnnotationGroup = AnnotationPrefix + "group"
+
+// GroupAnnotations put containers into one shim and one VM: the first one
+// present names the group (Kubernetes' sandbox id makes a pod one VM).
+var GroupAnnotations = []string{AnnotationGroup, "io.kubernetes.cri.sandbox-id"}
 
 // KnownAnnotations lists every io.qemu-shim.* annotation the shim knows.
 var KnownAnnotations = []string{AnnotationCPUs, AnnotationMaxCPUs, AnnotationMemoryMiB, AnnotationKernelParams, AnnotationDebug, AnnotationGroup}

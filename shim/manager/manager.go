@@ -35,12 +35,9 @@ import (
 // Version is the shim's version.
 var Version = "dev"
 
-// GroupAnnotations put containers into one shim and one VM: the first one
-// present names the group (Kubernetes' sandbox id makes a pod one VM).
-var GroupAnnotations = []string{
-	config.AnnotationGroup,
-	"io.kubernetes.cri.sandbox-id",
-}
+// GroupAnnotations put containers into one shim and one VM (see
+// config.GroupAnnotations).
+var GroupAnnotations = config.GroupAnnotations
 
 // BinaryOpts configures containerd's shim library for this shim. The
 // containers' processes live in the guest, so the shim has no orphans to

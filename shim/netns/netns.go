@@ -114,19 +114,7 @@ func Remove(path string) error {
 
 // create makes a network namespace mounted at path.
 func create(path string) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
-	if err != nil {
-		return fmt.Errorf("network namespace file: %w", err)
-	}
-	f.Close()
-	err = nsthread.Do(func() error {
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			return fmt.Errorf("unshare network namespace: %w", err)
-		}
-		return unix.Mount("/proc/thread-self/ns/net", path, "", unix.MS_BIND, "")
-	})
-	if err != nil {
-		os.Remove(path)
+	if err := nsthread.NewNetNamespace(path, nil); err != nil {
 		return fmt.Errorf("make network namespace %s: %w", path, err)
 	}
 	return nil

@@ -14,7 +14,6 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
-	"unsafe"
 
 	"github.com/containerd/errdefs"
 	"github.com/vishvananda/netlink"
@@ -22,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/qemu-shim/qemu-shim/internal/nsthread"
+	"github.com/qemu-shim/qemu-shim/vm"
 )
 
 // TapPrefix starts the names of the taps this package makes.
@@ -243,23 +243,9 @@ func createTap(ns netns.NsHandle, name string) (*os.File, error) {
 		if err := netns.Set(ns); err != nil {
 			return fmt.Errorf("enter network namespace: %w", err)
 		}
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("open /dev/net/tun: %w", err)
-		}
-		var req struct {
-			name  [unix.IFNAMSIZ]byte
-			flags uint16
-			_     [22]byte
-		}
-		copy(req.name[:], name)
-		req.flags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
-		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req))); errno != 0 {
-			unix.Close(fd)
-			return fmt.Errorf("create tap %s: %w", name, errno)
-		}
-		tap = os.NewFile(uintptr(fd), "tap-"+name)
-		return nil
+		var err error
+		tap, err = vm.TapFile(name)
+		return err
 	})
 	return tap, err
 }

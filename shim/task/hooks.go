@@ -27,9 +27,8 @@ type hostHooks struct {
 	hooks *specs.Hooks
 	// netns holds the container's host-side network namespace; nil when
 	// the spec has none (the hooks then get the shim's pid).
-	netns  *netns.Namespace
-	state  specs.State
-	wanted bool
+	netns *netns.Namespace
+	state specs.State
 }
 
 // runCreateHooks runs the prestart and createRuntime hooks on the host, as

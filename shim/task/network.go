@@ -132,6 +132,15 @@ func interfaceRequest(ep *network.Endpoint) *networkapi.ConfigureInterfaceReques
 // rules from the namespace.
 func (s *Service) unwire(ctx context.Context, w *wiredNetwork) {
 	if s.vm != nil && s.vm.State() == vm.StateRunning {
+		// The guest takes each card's configuration down first.
+		if client, err := s.vm.TaskClient(ctx); err == nil {
+			guest := networkapi.NewNetworkClient(client)
+			for i := range w.nics {
+				if _, err := guest.RemoveInterface(ctx, &networkapi.RemoveInterfaceRequest{Mac: w.ns.Endpoints[i].MAC.String()}); err != nil {
+					log.G(ctx).WithError(err).WithField("nic", w.nics[i]).Warn("take down the card in the guest")
+				}
+			}
+		}
 		for _, id := range w.nics {
 			if err := s.vm.DetachNIC(ctx, id); err != nil {
 				log.G(ctx).WithError(err).WithField("nic", id).Warn("detach network card")

@@ -893,7 +893,12 @@ func (s *Service) watchVM(inst *vm.Instance) {
 // podOf says whether a container belongs to a pod (or group) whose VM
 // later containers join.
 func podOf(annotations map[string]string) bool {
-	return annotations["io.kubernetes.cri.sandbox-id"] != "" || annotations["io.qemu-shim.group"] != ""
+	for _, k := range config.GroupAnnotations {
+		if annotations[k] != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // checkHostNamespaces refuses a Kubernetes pod that asks for the node's
