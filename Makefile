@@ -29,7 +29,7 @@ help:
 	@echo "make guest      build the guest kernel + initramfs into $(GUEST_DIR)"
 	@echo "make test       deps + build + guest, then every test (unit and integration)"
 	@echo "make bench      boot and latency benchmarks, with their baselines"
-	@echo "make proto      regenerate task/ API code from .proto files"
+	@echo "make proto      regenerate api/ code code from .proto files"
 
 binaries: $(BIN)/qemu-shim $(BIN)/qemu-shim-agent $(BIN)/qemu-shim-taskd $(BIN)/containerd-shim-qemu-v1
 
@@ -101,7 +101,7 @@ proto:
 	PATH=$(CURDIR)/build/protoc-gen:$$PATH protoc -I . -I /usr/include \
 		--go_out=. --go_opt=paths=source_relative \
 		--go-ttrpc_out=. --go-ttrpc_opt=paths=source_relative \
-		$$(find task -name '*.proto')
+		$$(find api -name '*.proto')
 
 PREFIX ?= /usr/local
 

@@ -11,7 +11,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
-	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
+	agentapi "github.com/qemu-shim/qemu-shim/api/agent/v1"
 	"github.com/qemu-shim/qemu-shim/vm/cmdline"
 	"github.com/qemu-shim/qemu-shim/vm/qmp"
 )

@@ -16,12 +16,12 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 
+	agentapi "github.com/qemu-shim/qemu-shim/api/agent/v1"
 	"github.com/qemu-shim/qemu-shim/internal/mountutil"
 	"github.com/qemu-shim/qemu-shim/internal/transport"
+	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
 	"github.com/qemu-shim/qemu-shim/internal/transport/serial"
 	"github.com/qemu-shim/qemu-shim/internal/transport/vsock"
-	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
-	"github.com/qemu-shim/qemu-shim/task/conn"
 	"github.com/qemu-shim/qemu-shim/vm/cmdline"
 	"github.com/qemu-shim/qemu-shim/vm/qmp"
 )

@@ -12,7 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
-	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
+	agentapi "github.com/qemu-shim/qemu-shim/api/agent/v1"
 )
 
 // DefaultVirtiofsd is the C virtiofsd Debian 12's qemu-system-common ships.

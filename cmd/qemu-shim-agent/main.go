@@ -23,15 +23,15 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	agentapi "github.com/qemu-shim/qemu-shim/api/agent/v1"
 	"github.com/qemu-shim/qemu-shim/guest/agent"
 	"github.com/qemu-shim/qemu-shim/guest/boot"
 	"github.com/qemu-shim/qemu-shim/guest/hotplug"
 	"github.com/qemu-shim/qemu-shim/guest/kmod"
 	"github.com/qemu-shim/qemu-shim/internal/transport"
+	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
 	"github.com/qemu-shim/qemu-shim/internal/transport/serial"
 	"github.com/qemu-shim/qemu-shim/internal/transport/vsock"
-	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
-	"github.com/qemu-shim/qemu-shim/task/conn"
 )
 
 const (

@@ -21,11 +21,11 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	eventsapi "github.com/qemu-shim/qemu-shim/api/events/v1"
+	networkapi "github.com/qemu-shim/qemu-shim/api/network/v1"
 	"github.com/qemu-shim/qemu-shim/guest/network"
 	"github.com/qemu-shim/qemu-shim/guest/task"
-	"github.com/qemu-shim/qemu-shim/task/conn"
-	eventsapi "github.com/qemu-shim/qemu-shim/task/events/v1"
-	networkapi "github.com/qemu-shim/qemu-shim/task/network/v1"
+	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
 )
 
 func main() {

@@ -10,7 +10,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/qemu-shim/qemu-shim/internal/busybox"
-	"github.com/qemu-shim/qemu-shim/internal/hostcheck"
+	"github.com/qemu-shim/qemu-shim/vm/hostcheck"
 )
 
 const usage = `usage: qemu-shim COMMAND [flags]

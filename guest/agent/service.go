@@ -19,8 +19,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	api "github.com/qemu-shim/qemu-shim/api/agent/v1"
 	"github.com/qemu-shim/qemu-shim/guest/blockdev"
-	api "github.com/qemu-shim/qemu-shim/task/agent/v1"
 )
 
 // Version is the agent's version, reported by Info.

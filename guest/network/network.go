@@ -23,8 +23,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	api "github.com/qemu-shim/qemu-shim/api/network/v1"
 	"github.com/qemu-shim/qemu-shim/internal/nsthread"
-	api "github.com/qemu-shim/qemu-shim/task/network/v1"
 )
 
 // NamespacePath is where the VM's container network namespace is mounted.

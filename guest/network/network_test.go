@@ -15,7 +15,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	api "github.com/qemu-shim/qemu-shim/task/network/v1"
+	api "github.com/qemu-shim/qemu-shim/api/network/v1"
 )
 
 func TestParseRefusesBadRequests(t *testing.T) {

@@ -9,7 +9,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	eventsapi "github.com/qemu-shim/qemu-shim/task/events/v1"
+	eventsapi "github.com/qemu-shim/qemu-shim/api/events/v1"
 )
 
 // DefaultEventRetention is how many events the log keeps for a host that

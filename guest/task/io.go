@@ -17,7 +17,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/qemu-shim/qemu-shim/internal/syncutil"
-	"github.com/qemu-shim/qemu-shim/task/conn"
+	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
 )
 
 // StreamSource hands over the stdio streams the host opened.

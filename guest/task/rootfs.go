@@ -15,11 +15,9 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/qemu-shim/qemu-shim/api/wire"
 	"github.com/qemu-shim/qemu-shim/guest/blockdev"
 )
-
-// SerialPrefix marks a rootfs mount's source as a disk serial.
-const SerialPrefix = "serial:"
 
 // rootfsFilesystems are the layer filesystems the host may send.
 var rootfsFilesystems = map[string]bool{"ext4": true, "erofs": true}
@@ -51,9 +49,9 @@ func mountRootfs(ctx context.Context, sysfs, bundle string, rootfs []*types.Moun
 	var lowers []string
 	upper := ""
 	for i, m := range rootfs {
-		serial, ok := strings.CutPrefix(m.Source, SerialPrefix)
+		serial, ok := strings.CutPrefix(m.Source, wire.SerialPrefix)
 		if !ok {
-			return mounted, fmt.Errorf("rootfs mount %d: source %q: want %sID: %w", i, m.Source, SerialPrefix, errdefs.ErrInvalidArgument)
+			return mounted, fmt.Errorf("rootfs mount %d: source %q: want %sID: %w", i, m.Source, wire.SerialPrefix, errdefs.ErrInvalidArgument)
 		}
 		if !rootfsFilesystems[m.Type] {
 			return mounted, fmt.Errorf("rootfs mount %d: type %q: want ext4 or erofs: %w", i, m.Type, errdefs.ErrInvalidArgument)

@@ -28,6 +28,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/qemu-shim/qemu-shim/api/wire"
 )
 
 // containerd's event topics.
@@ -417,7 +419,7 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 	if st := c.init.getState(); st != procRunning {
 		return nil, fmt.Errorf("cannot exec in a %s state: %w", st, errdefs.ErrFailedPrecondition)
 	}
-	if r.Spec == nil || len(r.Spec.Value) > maxSpecSize {
+	if r.Spec == nil || len(r.Spec.Value) > wire.MaxSpecSize {
 		return nil, fmt.Errorf("exec %s: missing or oversized process spec: %w", r.ExecID, errdefs.ErrInvalidArgument)
 	}
 	var spec specs.Process
@@ -684,7 +686,7 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 	if c.init.getState() == procStopped {
 		return nil, fmt.Errorf("cannot update a stopped container: %w", errdefs.ErrFailedPrecondition)
 	}
-	if r.Resources == nil || len(r.Resources.Value) > maxSpecSize {
+	if r.Resources == nil || len(r.Resources.Value) > wire.MaxSpecSize {
 		return nil, fmt.Errorf("update: missing or oversized resources: %w", errdefs.ErrInvalidArgument)
 	}
 	var res specs.LinuxResources

@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
+	agentapi "github.com/qemu-shim/qemu-shim/api/agent/v1"
 )
 
 // ShareMountPoint is where the host's share of files (virtio-fs) is

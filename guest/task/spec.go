@@ -15,31 +15,20 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
+	agentapi "github.com/qemu-shim/qemu-shim/api/agent/v1"
+	"github.com/qemu-shim/qemu-shim/api/wire"
 )
-
-// SpecTypeURL marks CreateTaskRequest.Options that carry the bundle's
-// config.json (the guest cannot read the host's bundle).
-const SpecTypeURL = "qemu-shim.dev/opencontainers/runtime-spec/config.json"
-
-// maxSpecSize bounds a config.json from the host.
-const maxSpecSize = 1 << 20
 
 // CgroupParent is the guest cgroup that holds every container's.
 const CgroupParent = "/qemu-shim"
 
-// SpecAny wraps a config.json for CreateTaskRequest.Options.
-func SpecAny(configJSON []byte) *anypb.Any {
-	return &anypb.Any{TypeUrl: SpecTypeURL, Value: configJSON}
-}
-
 // decodeSpec reads the spec out of CreateTaskRequest.Options.
 func decodeSpec(a *anypb.Any) (*specs.Spec, error) {
-	if a == nil || a.TypeUrl != SpecTypeURL {
-		return nil, fmt.Errorf("create needs the bundle's config.json in options (type %s): %w", SpecTypeURL, errdefs.ErrInvalidArgument)
+	if a == nil || a.TypeUrl != wire.SpecTypeURL {
+		return nil, fmt.Errorf("create needs the bundle's config.json in options (type %s): %w", wire.SpecTypeURL, errdefs.ErrInvalidArgument)
 	}
-	if len(a.Value) > maxSpecSize {
-		return nil, fmt.Errorf("config.json of %d bytes is over %d: %w", len(a.Value), maxSpecSize, errdefs.ErrInvalidArgument)
+	if len(a.Value) > wire.MaxSpecSize {
+		return nil, fmt.Errorf("config.json of %d bytes is over %d: %w", len(a.Value), wire.MaxSpecSize, errdefs.ErrInvalidArgument)
 	}
 	var s specs.Spec
 	if err := json.Unmarshal(a.Value, &s); err != nil {

@@ -26,9 +26,10 @@ import (
 	_ "github.com/containerd/containerd/v2/core/runtime"
 
 	"github.com/qemu-shim/qemu-shim/internal/mountutil"
+	"github.com/qemu-shim/qemu-shim/shim/bundle"
 	"github.com/qemu-shim/qemu-shim/shim/config"
+	"github.com/qemu-shim/qemu-shim/shim/hooks"
 	"github.com/qemu-shim/qemu-shim/shim/rootfs"
-	"github.com/qemu-shim/qemu-shim/shim/task"
 	"github.com/qemu-shim/qemu-shim/vm"
 )
 
@@ -173,14 +174,14 @@ func daemonCommand(ctx context.Context, id string, opts *bootapi.BootstrapParams
 // Stop cleans up after a shim that is gone: its VM's QEMU, if still
 // alive, and the container's writable layer.
 func (m *manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
-	bundle, err := os.Getwd()
+	bundleDir, err := os.Getwd()
 	if err != nil {
 		return shim.StopStatus{}, err
 	}
 	// The shim recorded where its VM's state directory is: the state root
 	// is in the configuration the container was created with, which Stop
 	// is not told.
-	if dir, err := task.ReadVMDir(bundle); err == nil {
+	if dir, err := bundle.ReadVMDir(bundleDir); err == nil {
 		if pid, err := vm.KillStale(dir); err != nil {
 			log.G(ctx).WithError(err).Warn("end the VM left by the shim")
 		} else {
@@ -195,13 +196,13 @@ func (m *manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) 
 	} else if !errors.Is(err, os.ErrNotExist) {
 		log.G(ctx).WithError(err).Warn("VM state directory not cleaned up")
 	}
-	os.Remove(filepath.Join(bundle, task.VMDirFile))
-	os.Remove(filepath.Join(bundle, rootfs.UpperImageName))
+	os.Remove(filepath.Join(bundleDir, bundle.VMDirFile))
+	os.Remove(filepath.Join(bundleDir, rootfs.UpperImageName))
 	// Its poststop hooks (nerdctl's CNI DEL) and the network namespace it
 	// made, now that QEMU is gone.
-	task.CleanupHooks(ctx, id, bundle)
+	hooks.Cleanup(ctx, id, bundleDir)
 	// The dead shim could not remove its socket.
-	if address := task.ShimAddress(bundle); address != "" {
+	if address := bundle.ShimAddress(bundleDir); address != "" {
 		shim.RemoveSocket(address)
 	}
 	return shim.StopStatus{ExitStatus: 128 + int(syscall.SIGKILL), ExitedAt: time.Now()}, nil

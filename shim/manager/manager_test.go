@@ -10,14 +10,14 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/runtime-spec/specs-go/features"
 
-	"github.com/qemu-shim/qemu-shim/shim/task"
+	shimbundle "github.com/qemu-shim/qemu-shim/shim/bundle"
 )
 
 // Stop removes the VM state directory the bundle records (with no QEMU
 // left in it), and nothing a tampered record names.
 func TestStopRemovesTheRecordedStateDirectoryOnly(t *testing.T) {
 	root := t.TempDir()
-	stateDir := filepath.Join(root, "vms", task.VMName("default", "crash"))
+	stateDir := filepath.Join(root, "vms", shimbundle.VMName("default", "crash"))
 	other := filepath.Join(root, "precious")
 	for _, d := range []string{stateDir, other} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -30,26 +30,26 @@ func TestStopRemovesTheRecordedStateDirectoryOnly(t *testing.T) {
 	t.Chdir(bundle)
 	m := &manager{name: "test"}
 
-	os.WriteFile(filepath.Join(bundle, task.VMDirFile), []byte(other), 0o600)
+	os.WriteFile(filepath.Join(bundle, shimbundle.VMDirFile), []byte(other), 0o600)
 	if _, err := m.Stop(context.Background(), "crash"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(other, "console.log")); err != nil {
 		t.Errorf("a bundle file naming %s made Stop remove it: %v", other, err)
 	}
-	if _, err := os.Stat(filepath.Join(bundle, task.VMDirFile)); !os.IsNotExist(err) {
-		t.Errorf("%s left in the bundle: %v", task.VMDirFile, err)
+	if _, err := os.Stat(filepath.Join(bundle, shimbundle.VMDirFile)); !os.IsNotExist(err) {
+		t.Errorf("%s left in the bundle: %v", shimbundle.VMDirFile, err)
 	}
 
-	os.WriteFile(filepath.Join(bundle, task.VMDirFile), []byte(stateDir), 0o600)
+	os.WriteFile(filepath.Join(bundle, shimbundle.VMDirFile), []byte(stateDir), 0o600)
 	if _, err := m.Stop(context.Background(), "crash"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
 		t.Errorf("state directory %s left behind: %v", stateDir, err)
 	}
-	if _, err := os.Stat(filepath.Join(bundle, task.VMDirFile)); !os.IsNotExist(err) {
-		t.Errorf("%s left in the bundle: %v", task.VMDirFile, err)
+	if _, err := os.Stat(filepath.Join(bundle, shimbundle.VMDirFile)); !os.IsNotExist(err) {
+		t.Errorf("%s left in the bundle: %v", shimbundle.VMDirFile, err)
 	}
 }
 

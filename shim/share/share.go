@@ -24,9 +24,9 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	agentapi "github.com/qemu-shim/qemu-shim/api/agent/v1"
 	"github.com/qemu-shim/qemu-shim/internal/mountutil"
 	"github.com/qemu-shim/qemu-shim/internal/nsthread"
-	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
 )
 
 // SourcePrefix starts the source of a mount staged in the share, in the

@@ -19,7 +19,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/qemu-shim/qemu-shim/internal/syncutil"
-	"github.com/qemu-shim/qemu-shim/task/conn"
+	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
 )
 
 // Stdio is what containerd asked for.

@@ -12,8 +12,8 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	networkapi "github.com/qemu-shim/qemu-shim/api/network/v1"
 	"github.com/qemu-shim/qemu-shim/shim/network"
-	networkapi "github.com/qemu-shim/qemu-shim/task/network/v1"
 	"github.com/qemu-shim/qemu-shim/vm"
 )
 

@@ -28,13 +28,15 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	guesttask "github.com/qemu-shim/qemu-shim/guest/task"
+	eventsapi "github.com/qemu-shim/qemu-shim/api/events/v1"
+	"github.com/qemu-shim/qemu-shim/api/wire"
 	"github.com/qemu-shim/qemu-shim/internal/transport"
+	"github.com/qemu-shim/qemu-shim/shim/bundle"
 	"github.com/qemu-shim/qemu-shim/shim/config"
+	"github.com/qemu-shim/qemu-shim/shim/hooks"
 	"github.com/qemu-shim/qemu-shim/shim/rootfs"
 	"github.com/qemu-shim/qemu-shim/shim/share"
 	"github.com/qemu-shim/qemu-shim/shim/stdio"
-	eventsapi "github.com/qemu-shim/qemu-shim/task/events/v1"
 	"github.com/qemu-shim/qemu-shim/vm"
 )
 
@@ -80,7 +82,7 @@ type container struct {
 	// shared is the container's entry in the staging directory, "" if none.
 	shared string
 	// hooks are the spec's OCI hooks that run on the host, if any.
-	hooks  *hostHooks
+	hooks  *hooks.Container
 	size   config.Size
 	owned  []ownedDisk
 	layers []string // layer image paths it holds
@@ -111,7 +113,7 @@ func New(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) (*S
 	// the bundle (our working directory) once the shim has started, so it
 	// is read at the end.
 	sd.RegisterCallback(func(context.Context) error {
-		if address := ShimAddress("."); address != "" {
+		if address := bundle.ShimAddress("."); address != "" {
 			return shim.RemoveSocket(address)
 		}
 		return nil
@@ -123,23 +125,6 @@ func New(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) (*S
 		return nil
 	})
 	return s, nil
-}
-
-// ShimAddress returns the socket address containerd recorded in a bundle:
-// bootstrap.json (containerd 2.x) or the older address file.
-func ShimAddress(bundle string) string {
-	if b, err := os.ReadFile(filepath.Join(bundle, "bootstrap.json")); err == nil {
-		var boot struct {
-			Address string `json:"address"`
-		}
-		if json.Unmarshal(b, &boot) == nil && boot.Address != "" {
-			return boot.Address
-		}
-	}
-	if address, err := shim.ReadAddress(filepath.Join(bundle, "address")); err == nil {
-		return address
-	}
-	return ""
 }
 
 // toGRPC maps errdefs errors to status codes for containerd.
@@ -158,18 +143,6 @@ func loadConfig(opts any) (config.Config, error) {
 	return config.Load(path)
 }
 
-func readSpec(bundle string) ([]byte, *specs.Spec, error) {
-	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
-	if err != nil {
-		return nil, nil, fmt.Errorf("read bundle config: %w", err)
-	}
-	var s specs.Spec
-	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, nil, fmt.Errorf("bundle config.json: %v: %w", err, errdefs.ErrInvalidArgument)
-	}
-	return b, &s, nil
-}
-
 // Create boots the VM if this is its first container, then makes the
 // container in it.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
@@ -178,7 +151,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 }
 
 func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
-	configJSON, spec, err := readSpec(r.Bundle)
+	configJSON, spec, err := bundle.ReadSpec(r.Bundle)
 	if err != nil {
 		return nil, err
 	}
@@ -247,7 +220,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	// a crash: the cleanup of a pod's later container (containerd's after
 	// its failed create, too) must not end the pod's VM.
 	if bootedHere {
-		if err := os.WriteFile(filepath.Join(r.Bundle, VMDirFile), []byte(s.vm.StateDir()), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(r.Bundle, bundle.VMDirFile), []byte(s.vm.StateDir()), 0o600); err != nil {
 			return nil, err
 		}
 	}
@@ -264,7 +237,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		if err != nil {
 			return nil, err
 		}
-		m := &types.Mount{Type: d.Type, Source: guesttask.SerialPrefix + serial}
+		m := &types.Mount{Type: d.Type, Source: wire.SerialPrefix + serial}
 		if d.ReadOnly {
 			m.Options = []string{"ro"}
 		}
@@ -273,13 +246,13 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 
 	// The hooks (nerdctl's CNI setup) run before the wiring: what they make
 	// in the namespace is what the VM is wired to.
-	hh, netPath, err := runCreateHooks(ctx, r.ID, r.Bundle, spec, s.resolveNetns(spec))
+	hh, netPath, err := hooks.RunCreate(ctx, r.ID, r.Bundle, spec, s.resolveNetns(spec))
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if retErr != nil {
-			hh.poststop(ctx) // as runc's destroy of a failed create
+			hh.Poststop(ctx) // as runc's destroy of a failed create
 		}
 	}()
 	c.hooks = hh
@@ -321,7 +294,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	req := &taskAPI.CreateTaskRequest{
 		ID: r.ID, Bundle: r.Bundle, Rootfs: guestRootfs, Terminal: r.Terminal,
 		Stdin: guest.Stdin, Stdout: guest.Stdout, Stderr: guest.Stderr,
-		Options: guesttask.SpecAny(configJSON),
+		Options: wire.SpecAny(configJSON),
 	}
 	resp, err := s.agent.Create(ctx, req)
 	if err != nil {
@@ -365,7 +338,7 @@ func (s *Service) boot(ctx context.Context, id string, cfg config.Config, size c
 		return fmt.Errorf("container %s: no namespace: %w", id, errdefs.ErrFailedPrecondition)
 	}
 	vcfg := vm.Config{
-		ID:           VMName(ns, id),
+		ID:           bundle.VMName(ns, id),
 		StateRoot:    cfg.VM.StateRoot,
 		QEMU:         cfg.VM.QEMU,
 		Kernel:       cfg.VM.Kernel,
@@ -527,7 +500,7 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	}
 	resp, err := toAgent(s, func(a taskAPI.TTRPCTaskService) (*taskAPI.StartResponse, error) { return a.Start(ctx, r) })
 	if err == nil && r.ExecID == "" {
-		c.hooks.poststart(ctx)
+		c.hooks.Poststart(ctx)
 	}
 	return resp, err
 }
@@ -650,13 +623,13 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			s.unwire(ctx, s.net)
 			s.net = nil
 		}
-		c.hooks.poststop(ctx)
+		c.hooks.Poststop(ctx)
 		if s.staging != nil {
 			if err := s.staging.Remove(c.shared); err != nil {
 				log.G(ctx).WithError(err).WithField("container", c.id).Warn("unstage bind mounts")
 			}
 		}
-		os.Remove(filepath.Join(c.bundle, VMDirFile))
+		os.Remove(filepath.Join(c.bundle, bundle.VMDirFile))
 		delete(s.containers, r.ID)
 		if len(s.containers) > 0 && s.vm != nil {
 			s.shrink(ctx) // the rest of the pod needs less

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/qemu-shim/qemu-shim/internal/busybox"
-	"github.com/qemu-shim/qemu-shim/shim/task"
+	"github.com/qemu-shim/qemu-shim/shim/bundle"
 	"github.com/qemu-shim/qemu-shim/test/ctrd"
 )
 
@@ -73,7 +73,7 @@ func ctrRun(runs int) (ours, runcShim []float64, shimRSS, qemuRSS int, err error
 		d.Ctr(context.WithoutCancel(ctx), "container", "delete", "rss").Run()
 	}()
 	shimRSS = rssKiB(pidOf("containerd-shim-qemu-v1.*-id rss"))
-	qemuRSS = rssKiB(pidOf("qemu-system.*" + filepath.Join(d.VMStateRoot(), task.VMName(ctrd.Namespace, "rss")) + "/"))
+	qemuRSS = rssKiB(pidOf("qemu-system.*" + filepath.Join(d.VMStateRoot(), bundle.VMName(ctrd.Namespace, "rss")) + "/"))
 	return ours, runcShim, shimRSS, qemuRSS, nil
 }
 

@@ -18,7 +18,7 @@ import (
 	gocni "github.com/containerd/go-cni"
 
 	"github.com/qemu-shim/qemu-shim/internal/busybox"
-	"github.com/qemu-shim/qemu-shim/shim/task"
+	"github.com/qemu-shim/qemu-shim/shim/bundle"
 	"github.com/qemu-shim/qemu-shim/test/ctrd"
 	"github.com/qemu-shim/qemu-shim/test/guestimage"
 	"github.com/qemu-shim/qemu-shim/vm"
@@ -381,7 +381,7 @@ func criSection(runs int) error {
 				podID = strings.TrimSpace(pods)
 			}
 			if handler == "qemu" && i > 0 && podID != "" {
-				overhead = append(overhead, podOverheadMiB(filepath.Join(d.VMStateRoot(), task.VMName(ctrd.CRINamespace, podID)), podID))
+				overhead = append(overhead, podOverheadMiB(filepath.Join(d.VMStateRoot(), bundle.VMName(ctrd.CRINamespace, podID)), podID))
 			}
 			if podID != "" {
 				cri("stopp", podID)

@@ -24,7 +24,7 @@ import (
 
 	"github.com/qemu-shim/qemu-shim/internal/busybox"
 	"github.com/qemu-shim/qemu-shim/internal/syncutil"
-	"github.com/qemu-shim/qemu-shim/shim/task"
+	"github.com/qemu-shim/qemu-shim/shim/bundle"
 	"github.com/qemu-shim/qemu-shim/test/ctrd"
 )
 
@@ -438,7 +438,7 @@ func TestShimCrashLeavesNoQEMU(t *testing.T) {
 
 // vmDir is the state directory of the VM whose first container is id.
 func vmDir(id string) string {
-	return filepath.Join(env.VMStateRoot(), task.VMName(ctrd.Namespace, id))
+	return filepath.Join(env.VMStateRoot(), bundle.VMName(ctrd.Namespace, id))
 }
 
 func pidOf(t *testing.T, pattern string) int {

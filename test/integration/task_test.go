@@ -19,7 +19,7 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
 
-	guesttask "github.com/qemu-shim/qemu-shim/guest/task"
+	"github.com/qemu-shim/qemu-shim/api/wire"
 	"github.com/qemu-shim/qemu-shim/test/rig"
 	"github.com/qemu-shim/qemu-shim/vm"
 )
@@ -288,7 +288,7 @@ func TestContainerLifecycle(t *testing.T) {
 	})
 
 	t.Run("bad requests", func(t *testing.T) {
-		_, err := g.Tasks.Create(ctx, &taskAPI.CreateTaskRequest{ID: "../escape", Options: guesttask.SpecAny([]byte("{}"))})
+		_, err := g.Tasks.Create(ctx, &taskAPI.CreateTaskRequest{ID: "../escape", Options: wire.SpecAny([]byte("{}"))})
 		if !errors.Is(errgrpc.ToNative(err), errdefs.ErrInvalidArgument) {
 			t.Errorf("bad id: %v", err)
 		}
@@ -296,7 +296,7 @@ func TestContainerLifecycle(t *testing.T) {
 		if !errors.Is(errgrpc.ToNative(err), errdefs.ErrInvalidArgument) {
 			t.Errorf("no spec: %v", err)
 		}
-		_, err = g.Tasks.Create(ctx, &taskAPI.CreateTaskRequest{ID: "badmount", Options: guesttask.SpecAny([]byte(`{"process":{"args":["true"]}}`)),
+		_, err = g.Tasks.Create(ctx, &taskAPI.CreateTaskRequest{ID: "badmount", Options: wire.SpecAny([]byte(`{"process":{"args":["true"]}}`)),
 			Rootfs: []*types.Mount{{Type: "nfs", Source: "serial:bbx"}}})
 		if !errors.Is(errgrpc.ToNative(err), errdefs.ErrInvalidArgument) || !strings.Contains(fmt.Sprint(err), "nfs") {
 			t.Errorf("bad mount type: %v", err)

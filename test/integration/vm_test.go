@@ -14,7 +14,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	agentapi "github.com/qemu-shim/qemu-shim/task/agent/v1"
+	agentapi "github.com/qemu-shim/qemu-shim/api/agent/v1"
 	"github.com/qemu-shim/qemu-shim/test/guestimage"
 	"github.com/qemu-shim/qemu-shim/vm"
 )

@@ -20,11 +20,11 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	guesttask "github.com/qemu-shim/qemu-shim/guest/task"
+	eventsapi "github.com/qemu-shim/qemu-shim/api/events/v1"
+	"github.com/qemu-shim/qemu-shim/api/wire"
 	"github.com/qemu-shim/qemu-shim/internal/busybox"
 	"github.com/qemu-shim/qemu-shim/internal/syncutil"
-	"github.com/qemu-shim/qemu-shim/task/conn"
-	eventsapi "github.com/qemu-shim/qemu-shim/task/events/v1"
+	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
 	"github.com/qemu-shim/qemu-shim/vm"
 )
 
@@ -241,11 +241,11 @@ func (r *Rig) CreateAttached(ctx context.Context, id string, args []string, o Cr
 	_, err = r.Tasks.Create(ctx, &taskAPI.CreateTaskRequest{
 		ID: id, Bundle: "/host/bundles/" + id, Terminal: o.Terminal,
 		Rootfs: []*types.Mount{
-			{Type: "erofs", Source: guesttask.SerialPrefix + LayerSerial, Options: []string{"ro"}},
-			{Type: "ext4", Source: guesttask.SerialPrefix + serial},
+			{Type: "erofs", Source: wire.SerialPrefix + LayerSerial, Options: []string{"ro"}},
+			{Type: "ext4", Source: wire.SerialPrefix + serial},
 		},
 		Stdin: p.Fields[0], Stdout: p.Fields[1], Stderr: p.Fields[2],
-		Options: guesttask.SpecAny(config),
+		Options: wire.SpecAny(config),
 	})
 	return p, err
 }

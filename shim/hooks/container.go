@@ -1,4 +1,4 @@
-package task
+package hooks
 
 import (
 	"context"
@@ -9,21 +9,12 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	"github.com/qemu-shim/qemu-shim/shim/hooks"
+	"github.com/qemu-shim/qemu-shim/shim/bundle"
 	"github.com/qemu-shim/qemu-shim/shim/netns"
 )
 
-// In a bundle: NetnsFile is the network namespace the shim made for a
-// container whose spec asks for a new one and has hooks to configure it;
-// hooksPendingFile says its poststop hooks have yet to run (for the
-// cleanup after a shim that died).
-const (
-	NetnsFile        = "qemu-shim-netns"
-	hooksPendingFile = "qemu-shim-poststop-pending"
-)
-
-// hostHooks is what a container's OCI hooks need on the host.
-type hostHooks struct {
+// Container is what a container's OCI hooks need on the host.
+type Container struct {
 	hooks *specs.Hooks
 	// netns holds the container's host-side network namespace; nil when
 	// the spec has none (the hooks then get the shim's pid).
@@ -31,28 +22,28 @@ type hostHooks struct {
 	state specs.State
 }
 
-// runCreateHooks runs the prestart and createRuntime hooks on the host, as
+// RunCreate runs the prestart and createRuntime hooks on the host, as
 // runc does during create, with a state whose pid is a host process in the
 // container's host-side network namespace (made here if the spec asks for
 // a new one); path is the host-side namespace the spec joins (see
 // resolveNetns). It returns the namespace's path for the wiring, "" if
 // none.
-func runCreateHooks(ctx context.Context, id, bundle string, spec *specs.Spec, path string) (*hostHooks, string, error) {
-	if hooks.HostHooks(spec.Hooks) == 0 {
+func RunCreate(ctx context.Context, id, dir string, spec *specs.Spec, path string) (*Container, string, error) {
+	if HostHooks(spec.Hooks) == 0 {
 		return nil, path, nil
 	}
-	h := &hostHooks{hooks: spec.Hooks, state: specs.State{
-		Version: specs.Version, ID: id, Status: specs.StateCreating, Bundle: bundle, Annotations: spec.Annotations,
+	h := &Container{hooks: spec.Hooks, state: specs.State{
+		Version: specs.Version, ID: id, Status: specs.StateCreating, Bundle: dir, Annotations: spec.Annotations,
 		Pid: os.Getpid(),
 	}}
 	if hasNetworkNamespace(spec) {
-		n, err := netns.Hold(path, filepath.Join(bundle, NetnsFile))
+		n, err := netns.Hold(path, filepath.Join(dir, bundle.NetnsFile))
 		if err != nil {
 			return nil, "", fmt.Errorf("network namespace for the hooks: %w", err)
 		}
 		h.netns, h.state.Pid, path = n, n.Pid(), n.Path
 	}
-	if err := os.WriteFile(filepath.Join(bundle, hooksPendingFile), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, bundle.HooksPendingFile), nil, 0o600); err != nil {
 		h.close(ctx)
 		return nil, "", err
 	}
@@ -61,7 +52,7 @@ func runCreateHooks(ctx context.Context, id, bundle string, spec *specs.Spec, pa
 		kind  string
 		hooks []specs.Hook
 	}{{"prestart", spec.Hooks.Prestart}, {"createRuntime", spec.Hooks.CreateRuntime}} {
-		if err := hooks.Run(ctx, stage.kind, stage.hooks, h.state); err != nil {
+		if err := Run(ctx, stage.kind, stage.hooks, h.state); err != nil {
 			h.close(ctx)
 			return nil, "", err
 		}
@@ -81,35 +72,35 @@ func hasNetworkNamespace(spec *specs.Spec) bool {
 	return false
 }
 
-// poststart runs the poststart hooks; a failure is logged, as the runtime
+// Poststart runs the poststart hooks; a failure is logged, as the runtime
 // spec asks.
-func (h *hostHooks) poststart(ctx context.Context) {
+func (h *Container) Poststart(ctx context.Context) {
 	if h == nil {
 		return
 	}
 	st := h.state
 	st.Status = specs.StateRunning
-	if err := hooks.Run(ctx, "poststart", h.hooks.Poststart, st); err != nil {
+	if err := Run(ctx, "poststart", h.hooks.Poststart, st); err != nil {
 		log.G(ctx).WithError(err).WithField("container", st.ID).Warn("poststart hook failed")
 	}
 }
 
-// poststop runs the poststop hooks (nerdctl's CNI DEL) and lets the
+// Poststop runs the poststop hooks (nerdctl's CNI DEL) and lets the
 // namespace go.
-func (h *hostHooks) poststop(ctx context.Context) {
+func (h *Container) Poststop(ctx context.Context) {
 	if h == nil {
 		return
 	}
 	st := h.state
 	st.Status = specs.StateStopped
-	if err := hooks.Run(ctx, "poststop", h.hooks.Poststop, st); err != nil {
+	if err := Run(ctx, "poststop", h.hooks.Poststop, st); err != nil {
 		log.G(ctx).WithError(err).WithField("container", st.ID).Warn("poststop hook failed")
 	}
 	h.close(ctx)
 }
 
-func (h *hostHooks) close(ctx context.Context) {
-	os.Remove(filepath.Join(h.state.Bundle, hooksPendingFile))
+func (h *Container) close(ctx context.Context) {
+	os.Remove(filepath.Join(h.state.Bundle, bundle.HooksPendingFile))
 	if h.netns != nil {
 		if err := h.netns.Close(); err != nil {
 			log.G(ctx).WithError(err).WithField("container", h.state.ID).Warn("remove network namespace")
@@ -118,18 +109,18 @@ func (h *hostHooks) close(ctx context.Context) {
 	}
 }
 
-// CleanupHooks runs a dead shim's poststop hooks for the bundle and
+// Cleanup runs a dead shim's poststop hooks for the bundle and
 // removes the network namespace it made, for the manager's delete.
-func CleanupHooks(ctx context.Context, id, bundle string) {
-	_, spec, err := readSpec(bundle)
+func Cleanup(ctx context.Context, id, dir string) {
+	_, spec, err := bundle.ReadSpec(dir)
 	if err != nil {
 		return
 	}
-	made := filepath.Join(bundle, NetnsFile)
-	pending := filepath.Join(bundle, hooksPendingFile)
+	made := filepath.Join(dir, bundle.NetnsFile)
+	pending := filepath.Join(dir, bundle.HooksPendingFile)
 	if _, err := os.Stat(pending); err == nil && spec.Hooks != nil {
-		st := specs.State{Version: specs.Version, ID: id, Status: specs.StateStopped, Bundle: bundle, Annotations: spec.Annotations}
-		if err := hooks.Run(ctx, "poststop", spec.Hooks.Poststop, st); err != nil {
+		st := specs.State{Version: specs.Version, ID: id, Status: specs.StateStopped, Bundle: dir, Annotations: spec.Annotations}
+		if err := Run(ctx, "poststop", spec.Hooks.Poststop, st); err != nil {
 			log.G(ctx).WithError(err).Warn("poststop hook of a dead shim's container failed")
 		}
 	}

@@ -1,15 +1,22 @@
-package task
+// Package bundle names the files the shim keeps in a container's bundle
+// beside containerd's (the VM's state directory, the hooks' network
+// namespace and pending poststop), reads containerd's own (config.json,
+// the shim's address), and names a VM after its first container.
+package bundle
 
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 
+	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // VMDirFile, in a bundle, holds the full path of the state directory of the
@@ -69,4 +76,43 @@ func ReadVMDir(bundle string) (string, error) {
 		return "", fmt.Errorf("%s in %s: %q is not the state directory of a VM of this shim: %w", VMDirFile, bundle, dir, errdefs.ErrInvalidArgument)
 	}
 	return dir, nil
+}
+
+// NetnsFile is the network namespace the shim made for a container whose
+// spec asks for a new one and has hooks to configure it; HooksPendingFile
+// says its poststop hooks have yet to run (for the cleanup after a shim
+// that died).
+const (
+	NetnsFile        = "qemu-shim-netns"
+	HooksPendingFile = "qemu-shim-poststop-pending"
+)
+
+// ShimAddress returns the socket address containerd recorded in a bundle:
+// bootstrap.json (containerd 2.x) or the older address file.
+func ShimAddress(bundle string) string {
+	if b, err := os.ReadFile(filepath.Join(bundle, "bootstrap.json")); err == nil {
+		var boot struct {
+			Address string `json:"address"`
+		}
+		if json.Unmarshal(b, &boot) == nil && boot.Address != "" {
+			return boot.Address
+		}
+	}
+	if address, err := shim.ReadAddress(filepath.Join(bundle, "address")); err == nil {
+		return address
+	}
+	return ""
+}
+
+// ReadSpec reads the bundle's config.json, as it is and decoded.
+func ReadSpec(bundle string) ([]byte, *specs.Spec, error) {
+	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("read bundle config: %w", err)
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, nil, fmt.Errorf("bundle config.json: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return b, &s, nil
 }

@@ -2,7 +2,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: task/events/v1/events.proto
+// source: api/events/v1/events.proto
 
 // Package qemushim.events.v1 carries the guest's task events (containerd's
 // event types) to the host. The agent numbers every event and keeps the
@@ -37,7 +37,7 @@ type StreamRequest struct {
 
 func (x *StreamRequest) Reset() {
 	*x = StreamRequest{}
-	mi := &file_task_events_v1_events_proto_msgTypes[0]
+	mi := &file_api_events_v1_events_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -49,7 +49,7 @@ func (x *StreamRequest) String() string {
 func (*StreamRequest) ProtoMessage() {}
 
 func (x *StreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_events_v1_events_proto_msgTypes[0]
+	mi := &file_api_events_v1_events_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -62,7 +62,7 @@ func (x *StreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamRequest.ProtoReflect.Descriptor instead.
 func (*StreamRequest) Descriptor() ([]byte, []int) {
-	return file_task_events_v1_events_proto_rawDescGZIP(), []int{0}
+	return file_api_events_v1_events_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *StreamRequest) GetAfter() uint64 {
@@ -86,7 +86,7 @@ type Envelope struct {
 
 func (x *Envelope) Reset() {
 	*x = Envelope{}
-	mi := &file_task_events_v1_events_proto_msgTypes[1]
+	mi := &file_api_events_v1_events_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -98,7 +98,7 @@ func (x *Envelope) String() string {
 func (*Envelope) ProtoMessage() {}
 
 func (x *Envelope) ProtoReflect() protoreflect.Message {
-	mi := &file_task_events_v1_events_proto_msgTypes[1]
+	mi := &file_api_events_v1_events_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -111,7 +111,7 @@ func (x *Envelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
 func (*Envelope) Descriptor() ([]byte, []int) {
-	return file_task_events_v1_events_proto_rawDescGZIP(), []int{1}
+	return file_api_events_v1_events_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Envelope) GetSeq() uint64 {
@@ -142,11 +142,11 @@ func (x *Envelope) GetEvent() *anypb.Any {
 	return nil
 }
 
-var File_task_events_v1_events_proto protoreflect.FileDescriptor
+var File_api_events_v1_events_proto protoreflect.FileDescriptor
 
-const file_task_events_v1_events_proto_rawDesc = "" +
+const file_api_events_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1btask/events/v1/events.proto\x12\x12qemushim.events.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n" +
+	"\x1aapi/events/v1/events.proto\x12\x12qemushim.events.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n" +
 	"\rStreamRequest\x12\x14\n" +
 	"\x05after\x18\x01 \x01(\x04R\x05after\"\x98\x01\n" +
 	"\bEnvelope\x12\x10\n" +
@@ -155,28 +155,28 @@ const file_task_events_v1_events_proto_rawDesc = "" +
 	"\x05topic\x18\x03 \x01(\tR\x05topic\x12*\n" +
 	"\x05event\x18\x04 \x01(\v2\x14.google.protobuf.AnyR\x05event2U\n" +
 	"\x06Events\x12K\n" +
-	"\x06Stream\x12!.qemushim.events.v1.StreamRequest\x1a\x1c.qemushim.events.v1.Envelope0\x01B6Z4github.com/qemu-shim/qemu-shim/task/events/v1;eventsb\x06proto3"
+	"\x06Stream\x12!.qemushim.events.v1.StreamRequest\x1a\x1c.qemushim.events.v1.Envelope0\x01B5Z3github.com/qemu-shim/qemu-shim/api/events/v1;eventsb\x06proto3"
 
 var (
-	file_task_events_v1_events_proto_rawDescOnce sync.Once
-	file_task_events_v1_events_proto_rawDescData []byte
+	file_api_events_v1_events_proto_rawDescOnce sync.Once
+	file_api_events_v1_events_proto_rawDescData []byte
 )
 
-func file_task_events_v1_events_proto_rawDescGZIP() []byte {
-	file_task_events_v1_events_proto_rawDescOnce.Do(func() {
-		file_task_events_v1_events_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_task_events_v1_events_proto_rawDesc), len(file_task_events_v1_events_proto_rawDesc)))
+func file_api_events_v1_events_proto_rawDescGZIP() []byte {
+	file_api_events_v1_events_proto_rawDescOnce.Do(func() {
+		file_api_events_v1_events_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_api_events_v1_events_proto_rawDesc), len(file_api_events_v1_events_proto_rawDesc)))
 	})
-	return file_task_events_v1_events_proto_rawDescData
+	return file_api_events_v1_events_proto_rawDescData
 }
 
-var file_task_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
-var file_task_events_v1_events_proto_goTypes = []any{
+var file_api_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_api_events_v1_events_proto_goTypes = []any{
 	(*StreamRequest)(nil),         // 0: qemushim.events.v1.StreamRequest
 	(*Envelope)(nil),              // 1: qemushim.events.v1.Envelope
 	(*timestamppb.Timestamp)(nil), // 2: google.protobuf.Timestamp
 	(*anypb.Any)(nil),             // 3: google.protobuf.Any
 }
-var file_task_events_v1_events_proto_depIdxs = []int32{
+var file_api_events_v1_events_proto_depIdxs = []int32{
 	2, // 0: qemushim.events.v1.Envelope.timestamp:type_name -> google.protobuf.Timestamp
 	3, // 1: qemushim.events.v1.Envelope.event:type_name -> google.protobuf.Any
 	0, // 2: qemushim.events.v1.Events.Stream:input_type -> qemushim.events.v1.StreamRequest
@@ -188,26 +188,26 @@ var file_task_events_v1_events_proto_depIdxs = []int32{
 	0, // [0:2] is the sub-list for field type_name
 }
 
-func init() { file_task_events_v1_events_proto_init() }
-func file_task_events_v1_events_proto_init() {
-	if File_task_events_v1_events_proto != nil {
+func init() { file_api_events_v1_events_proto_init() }
+func file_api_events_v1_events_proto_init() {
+	if File_api_events_v1_events_proto != nil {
 		return
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_task_events_v1_events_proto_rawDesc), len(file_task_events_v1_events_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_events_v1_events_proto_rawDesc), len(file_api_events_v1_events_proto_rawDesc)),
 			NumEnums:      0,
 			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
-		GoTypes:           file_task_events_v1_events_proto_goTypes,
-		DependencyIndexes: file_task_events_v1_events_proto_depIdxs,
-		MessageInfos:      file_task_events_v1_events_proto_msgTypes,
+		GoTypes:           file_api_events_v1_events_proto_goTypes,
+		DependencyIndexes: file_api_events_v1_events_proto_depIdxs,
+		MessageInfos:      file_api_events_v1_events_proto_msgTypes,
 	}.Build()
-	File_task_events_v1_events_proto = out.File
-	file_task_events_v1_events_proto_goTypes = nil
-	file_task_events_v1_events_proto_depIdxs = nil
+	File_api_events_v1_events_proto = out.File
+	file_api_events_v1_events_proto_goTypes = nil
+	file_api_events_v1_events_proto_depIdxs = nil
 }

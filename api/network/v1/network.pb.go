@@ -2,7 +2,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: task/network/v1/network.proto
+// source: api/network/v1/network.proto
 
 // Package qemushim.network.v1 is the guest's network API: the host hands the
 // guest each network card it wired to the container's network namespace,
@@ -43,7 +43,7 @@ type ConfigureInterfaceRequest struct {
 
 func (x *ConfigureInterfaceRequest) Reset() {
 	*x = ConfigureInterfaceRequest{}
-	mi := &file_task_network_v1_network_proto_msgTypes[0]
+	mi := &file_api_network_v1_network_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -55,7 +55,7 @@ func (x *ConfigureInterfaceRequest) String() string {
 func (*ConfigureInterfaceRequest) ProtoMessage() {}
 
 func (x *ConfigureInterfaceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_network_v1_network_proto_msgTypes[0]
+	mi := &file_api_network_v1_network_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -68,7 +68,7 @@ func (x *ConfigureInterfaceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureInterfaceRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureInterfaceRequest) Descriptor() ([]byte, []int) {
-	return file_task_network_v1_network_proto_rawDescGZIP(), []int{0}
+	return file_api_network_v1_network_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *ConfigureInterfaceRequest) GetName() string {
@@ -122,7 +122,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_task_network_v1_network_proto_msgTypes[1]
+	mi := &file_api_network_v1_network_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -134,7 +134,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_task_network_v1_network_proto_msgTypes[1]
+	mi := &file_api_network_v1_network_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -147,7 +147,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_task_network_v1_network_proto_rawDescGZIP(), []int{1}
+	return file_api_network_v1_network_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Route) GetDestination() string {
@@ -186,7 +186,7 @@ type ConfigureInterfaceResponse struct {
 
 func (x *ConfigureInterfaceResponse) Reset() {
 	*x = ConfigureInterfaceResponse{}
-	mi := &file_task_network_v1_network_proto_msgTypes[2]
+	mi := &file_api_network_v1_network_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -198,7 +198,7 @@ func (x *ConfigureInterfaceResponse) String() string {
 func (*ConfigureInterfaceResponse) ProtoMessage() {}
 
 func (x *ConfigureInterfaceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_task_network_v1_network_proto_msgTypes[2]
+	mi := &file_api_network_v1_network_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -211,7 +211,7 @@ func (x *ConfigureInterfaceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureInterfaceResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureInterfaceResponse) Descriptor() ([]byte, []int) {
-	return file_task_network_v1_network_proto_rawDescGZIP(), []int{2}
+	return file_api_network_v1_network_proto_rawDescGZIP(), []int{2}
 }
 
 type RemoveInterfaceRequest struct {
@@ -223,7 +223,7 @@ type RemoveInterfaceRequest struct {
 
 func (x *RemoveInterfaceRequest) Reset() {
 	*x = RemoveInterfaceRequest{}
-	mi := &file_task_network_v1_network_proto_msgTypes[3]
+	mi := &file_api_network_v1_network_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -235,7 +235,7 @@ func (x *RemoveInterfaceRequest) String() string {
 func (*RemoveInterfaceRequest) ProtoMessage() {}
 
 func (x *RemoveInterfaceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_network_v1_network_proto_msgTypes[3]
+	mi := &file_api_network_v1_network_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -248,7 +248,7 @@ func (x *RemoveInterfaceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveInterfaceRequest.ProtoReflect.Descriptor instead.
 func (*RemoveInterfaceRequest) Descriptor() ([]byte, []int) {
-	return file_task_network_v1_network_proto_rawDescGZIP(), []int{3}
+	return file_api_network_v1_network_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RemoveInterfaceRequest) GetMac() string {
@@ -266,7 +266,7 @@ type RemoveInterfaceResponse struct {
 
 func (x *RemoveInterfaceResponse) Reset() {
 	*x = RemoveInterfaceResponse{}
-	mi := &file_task_network_v1_network_proto_msgTypes[4]
+	mi := &file_api_network_v1_network_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -278,7 +278,7 @@ func (x *RemoveInterfaceResponse) String() string {
 func (*RemoveInterfaceResponse) ProtoMessage() {}
 
 func (x *RemoveInterfaceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_task_network_v1_network_proto_msgTypes[4]
+	mi := &file_api_network_v1_network_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -291,14 +291,14 @@ func (x *RemoveInterfaceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveInterfaceResponse.ProtoReflect.Descriptor instead.
 func (*RemoveInterfaceResponse) Descriptor() ([]byte, []int) {
-	return file_task_network_v1_network_proto_rawDescGZIP(), []int{4}
+	return file_api_network_v1_network_proto_rawDescGZIP(), []int{4}
 }
 
-var File_task_network_v1_network_proto protoreflect.FileDescriptor
+var File_api_network_v1_network_proto protoreflect.FileDescriptor
 
-const file_task_network_v1_network_proto_rawDesc = "" +
+const file_api_network_v1_network_proto_rawDesc = "" +
 	"\n" +
-	"\x1dtask/network/v1/network.proto\x12\x13qemushim.network.v1\"\xa5\x01\n" +
+	"\x1capi/network/v1/network.proto\x12\x13qemushim.network.v1\"\xa5\x01\n" +
 	"\x19ConfigureInterfaceRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x10\n" +
@@ -316,29 +316,29 @@ const file_task_network_v1_network_proto_rawDesc = "" +
 	"\x17RemoveInterfaceResponse2\xee\x01\n" +
 	"\aNetwork\x12u\n" +
 	"\x12ConfigureInterface\x12..qemushim.network.v1.ConfigureInterfaceRequest\x1a/.qemushim.network.v1.ConfigureInterfaceResponse\x12l\n" +
-	"\x0fRemoveInterface\x12+.qemushim.network.v1.RemoveInterfaceRequest\x1a,.qemushim.network.v1.RemoveInterfaceResponseB8Z6github.com/qemu-shim/qemu-shim/task/network/v1;networkb\x06proto3"
+	"\x0fRemoveInterface\x12+.qemushim.network.v1.RemoveInterfaceRequest\x1a,.qemushim.network.v1.RemoveInterfaceResponseB7Z5github.com/qemu-shim/qemu-shim/api/network/v1;networkb\x06proto3"
 
 var (
-	file_task_network_v1_network_proto_rawDescOnce sync.Once
-	file_task_network_v1_network_proto_rawDescData []byte
+	file_api_network_v1_network_proto_rawDescOnce sync.Once
+	file_api_network_v1_network_proto_rawDescData []byte
 )
 
-func file_task_network_v1_network_proto_rawDescGZIP() []byte {
-	file_task_network_v1_network_proto_rawDescOnce.Do(func() {
-		file_task_network_v1_network_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_task_network_v1_network_proto_rawDesc), len(file_task_network_v1_network_proto_rawDesc)))
+func file_api_network_v1_network_proto_rawDescGZIP() []byte {
+	file_api_network_v1_network_proto_rawDescOnce.Do(func() {
+		file_api_network_v1_network_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_api_network_v1_network_proto_rawDesc), len(file_api_network_v1_network_proto_rawDesc)))
 	})
-	return file_task_network_v1_network_proto_rawDescData
+	return file_api_network_v1_network_proto_rawDescData
 }
 
-var file_task_network_v1_network_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
-var file_task_network_v1_network_proto_goTypes = []any{
+var file_api_network_v1_network_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_api_network_v1_network_proto_goTypes = []any{
 	(*ConfigureInterfaceRequest)(nil),  // 0: qemushim.network.v1.ConfigureInterfaceRequest
 	(*Route)(nil),                      // 1: qemushim.network.v1.Route
 	(*ConfigureInterfaceResponse)(nil), // 2: qemushim.network.v1.ConfigureInterfaceResponse
 	(*RemoveInterfaceRequest)(nil),     // 3: qemushim.network.v1.RemoveInterfaceRequest
 	(*RemoveInterfaceResponse)(nil),    // 4: qemushim.network.v1.RemoveInterfaceResponse
 }
-var file_task_network_v1_network_proto_depIdxs = []int32{
+var file_api_network_v1_network_proto_depIdxs = []int32{
 	1, // 0: qemushim.network.v1.ConfigureInterfaceRequest.routes:type_name -> qemushim.network.v1.Route
 	0, // 1: qemushim.network.v1.Network.ConfigureInterface:input_type -> qemushim.network.v1.ConfigureInterfaceRequest
 	3, // 2: qemushim.network.v1.Network.RemoveInterface:input_type -> qemushim.network.v1.RemoveInterfaceRequest
@@ -351,26 +351,26 @@ var file_task_network_v1_network_proto_depIdxs = []int32{
 	0, // [0:1] is the sub-list for field type_name
 }
 
-func init() { file_task_network_v1_network_proto_init() }
-func file_task_network_v1_network_proto_init() {
-	if File_task_network_v1_network_proto != nil {
+func init() { file_api_network_v1_network_proto_init() }
+func file_api_network_v1_network_proto_init() {
+	if File_api_network_v1_network_proto != nil {
 		return
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_task_network_v1_network_proto_rawDesc), len(file_task_network_v1_network_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_network_v1_network_proto_rawDesc), len(file_api_network_v1_network_proto_rawDesc)),
 			NumEnums:      0,
 			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
-		GoTypes:           file_task_network_v1_network_proto_goTypes,
-		DependencyIndexes: file_task_network_v1_network_proto_depIdxs,
-		MessageInfos:      file_task_network_v1_network_proto_msgTypes,
+		GoTypes:           file_api_network_v1_network_proto_goTypes,
+		DependencyIndexes: file_api_network_v1_network_proto_depIdxs,
+		MessageInfos:      file_api_network_v1_network_proto_msgTypes,
 	}.Build()
-	File_task_network_v1_network_proto = out.File
-	file_task_network_v1_network_proto_goTypes = nil
-	file_task_network_v1_network_proto_depIdxs = nil
+	File_api_network_v1_network_proto = out.File
+	file_api_network_v1_network_proto_goTypes = nil
+	file_api_network_v1_network_proto_depIdxs = nil
 }

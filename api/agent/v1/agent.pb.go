@@ -2,7 +2,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: task/agent/v1/agent.proto
+// source: api/agent/v1/agent.proto
 
 // Package qemushim.agent.v1 is the VM-level API of the guest agent: what the
 // host asks of the machine itself (facts, block devices, power), as opposed to
@@ -34,7 +34,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[0]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +46,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[0]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +59,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{0}
 }
 
 type InfoResponse struct {
@@ -85,7 +85,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[1]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -97,7 +97,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[1]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -110,7 +110,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *InfoResponse) GetKernelRelease() string {
@@ -200,7 +200,7 @@ type NetInterface struct {
 
 func (x *NetInterface) Reset() {
 	*x = NetInterface{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -212,7 +212,7 @@ func (x *NetInterface) String() string {
 func (*NetInterface) ProtoMessage() {}
 
 func (x *NetInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -225,7 +225,7 @@ func (x *NetInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetInterface.ProtoReflect.Descriptor instead.
 func (*NetInterface) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *NetInterface) GetName() string {
@@ -252,7 +252,7 @@ type BootStep struct {
 
 func (x *BootStep) Reset() {
 	*x = BootStep{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -264,7 +264,7 @@ func (x *BootStep) String() string {
 func (*BootStep) ProtoMessage() {}
 
 func (x *BootStep) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -277,7 +277,7 @@ func (x *BootStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootStep.ProtoReflect.Descriptor instead.
 func (*BootStep) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *BootStep) GetName() string {
@@ -308,7 +308,7 @@ type BlockDevice struct {
 
 func (x *BlockDevice) Reset() {
 	*x = BlockDevice{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -320,7 +320,7 @@ func (x *BlockDevice) String() string {
 func (*BlockDevice) ProtoMessage() {}
 
 func (x *BlockDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -333,7 +333,7 @@ func (x *BlockDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockDevice.ProtoReflect.Descriptor instead.
 func (*BlockDevice) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *BlockDevice) GetName() string {
@@ -380,7 +380,7 @@ type MountBlockRequest struct {
 
 func (x *MountBlockRequest) Reset() {
 	*x = MountBlockRequest{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -392,7 +392,7 @@ func (x *MountBlockRequest) String() string {
 func (*MountBlockRequest) ProtoMessage() {}
 
 func (x *MountBlockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -405,7 +405,7 @@ func (x *MountBlockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountBlockRequest.ProtoReflect.Descriptor instead.
 func (*MountBlockRequest) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MountBlockRequest) GetSerial() string {
@@ -460,7 +460,7 @@ type MountBlockResponse struct {
 
 func (x *MountBlockResponse) Reset() {
 	*x = MountBlockResponse{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +472,7 @@ func (x *MountBlockResponse) String() string {
 func (*MountBlockResponse) ProtoMessage() {}
 
 func (x *MountBlockResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +485,7 @@ func (x *MountBlockResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountBlockResponse.ProtoReflect.Descriptor instead.
 func (*MountBlockResponse) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MountBlockResponse) GetPath() string {
@@ -511,7 +511,7 @@ type UnmountBlockRequest struct {
 
 func (x *UnmountBlockRequest) Reset() {
 	*x = UnmountBlockRequest{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -523,7 +523,7 @@ func (x *UnmountBlockRequest) String() string {
 func (*UnmountBlockRequest) ProtoMessage() {}
 
 func (x *UnmountBlockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -536,7 +536,7 @@ func (x *UnmountBlockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnmountBlockRequest.ProtoReflect.Descriptor instead.
 func (*UnmountBlockRequest) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UnmountBlockRequest) GetName() string {
@@ -558,7 +558,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +570,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +583,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReadFileRequest) GetMount() string {
@@ -617,7 +617,7 @@ type ReadFileResponse struct {
 
 func (x *ReadFileResponse) Reset() {
 	*x = ReadFileResponse{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +629,7 @@ func (x *ReadFileResponse) String() string {
 func (*ReadFileResponse) ProtoMessage() {}
 
 func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +642,7 @@ func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileResponse) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReadFileResponse) GetData() []byte {
@@ -667,7 +667,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_task_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -679,7 +679,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_task_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_api_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -692,14 +692,14 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_task_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
-var File_task_agent_v1_agent_proto protoreflect.FileDescriptor
+var File_api_agent_v1_agent_proto protoreflect.FileDescriptor
 
-const file_task_agent_v1_agent_proto_rawDesc = "" +
+const file_api_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x19task/agent/v1/agent.proto\x12\x11qemushim.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\"\r\n" +
+	"\x18api/agent/v1/agent.proto\x12\x11qemushim.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\"\r\n" +
 	"\vInfoRequest\"\xeb\x03\n" +
 	"\fInfoResponse\x12%\n" +
 	"\x0ekernel_release\x18\x01 \x01(\tR\rkernelRelease\x12\x1f\n" +
@@ -755,22 +755,22 @@ const file_task_agent_v1_agent_proto_rawDesc = "" +
 	"MountBlock\x12$.qemushim.agent.v1.MountBlockRequest\x1a%.qemushim.agent.v1.MountBlockResponse\x12N\n" +
 	"\fUnmountBlock\x12&.qemushim.agent.v1.UnmountBlockRequest\x1a\x16.google.protobuf.Empty\x12S\n" +
 	"\bReadFile\x12\".qemushim.agent.v1.ReadFileRequest\x1a#.qemushim.agent.v1.ReadFileResponse\x12F\n" +
-	"\bShutdown\x12\".qemushim.agent.v1.ShutdownRequest\x1a\x16.google.protobuf.EmptyB4Z2github.com/qemu-shim/qemu-shim/task/agent/v1;agentb\x06proto3"
+	"\bShutdown\x12\".qemushim.agent.v1.ShutdownRequest\x1a\x16.google.protobuf.EmptyB3Z1github.com/qemu-shim/qemu-shim/api/agent/v1;agentb\x06proto3"
 
 var (
-	file_task_agent_v1_agent_proto_rawDescOnce sync.Once
-	file_task_agent_v1_agent_proto_rawDescData []byte
+	file_api_agent_v1_agent_proto_rawDescOnce sync.Once
+	file_api_agent_v1_agent_proto_rawDescData []byte
 )
 
-func file_task_agent_v1_agent_proto_rawDescGZIP() []byte {
-	file_task_agent_v1_agent_proto_rawDescOnce.Do(func() {
-		file_task_agent_v1_agent_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_task_agent_v1_agent_proto_rawDesc), len(file_task_agent_v1_agent_proto_rawDesc)))
+func file_api_agent_v1_agent_proto_rawDescGZIP() []byte {
+	file_api_agent_v1_agent_proto_rawDescOnce.Do(func() {
+		file_api_agent_v1_agent_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_api_agent_v1_agent_proto_rawDesc), len(file_api_agent_v1_agent_proto_rawDesc)))
 	})
-	return file_task_agent_v1_agent_proto_rawDescData
+	return file_api_agent_v1_agent_proto_rawDescData
 }
 
-var file_task_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
-var file_task_agent_v1_agent_proto_goTypes = []any{
+var file_api_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_api_agent_v1_agent_proto_goTypes = []any{
 	(*InfoRequest)(nil),         // 0: qemushim.agent.v1.InfoRequest
 	(*InfoResponse)(nil),        // 1: qemushim.agent.v1.InfoResponse
 	(*NetInterface)(nil),        // 2: qemushim.agent.v1.NetInterface
@@ -784,7 +784,7 @@ var file_task_agent_v1_agent_proto_goTypes = []any{
 	(*ShutdownRequest)(nil),     // 10: qemushim.agent.v1.ShutdownRequest
 	(*emptypb.Empty)(nil),       // 11: google.protobuf.Empty
 }
-var file_task_agent_v1_agent_proto_depIdxs = []int32{
+var file_api_agent_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: qemushim.agent.v1.InfoResponse.block_devices:type_name -> qemushim.agent.v1.BlockDevice
 	3,  // 1: qemushim.agent.v1.InfoResponse.boot_timeline:type_name -> qemushim.agent.v1.BootStep
 	2,  // 2: qemushim.agent.v1.InfoResponse.interfaces:type_name -> qemushim.agent.v1.NetInterface
@@ -805,26 +805,26 @@ var file_task_agent_v1_agent_proto_depIdxs = []int32{
 	0,  // [0:3] is the sub-list for field type_name
 }
 
-func init() { file_task_agent_v1_agent_proto_init() }
-func file_task_agent_v1_agent_proto_init() {
-	if File_task_agent_v1_agent_proto != nil {
+func init() { file_api_agent_v1_agent_proto_init() }
+func file_api_agent_v1_agent_proto_init() {
+	if File_api_agent_v1_agent_proto != nil {
 		return
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_task_agent_v1_agent_proto_rawDesc), len(file_task_agent_v1_agent_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_agent_v1_agent_proto_rawDesc), len(file_api_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
 			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
-		GoTypes:           file_task_agent_v1_agent_proto_goTypes,
-		DependencyIndexes: file_task_agent_v1_agent_proto_depIdxs,
-		MessageInfos:      file_task_agent_v1_agent_proto_msgTypes,
+		GoTypes:           file_api_agent_v1_agent_proto_goTypes,
+		DependencyIndexes: file_api_agent_v1_agent_proto_depIdxs,
+		MessageInfos:      file_api_agent_v1_agent_proto_msgTypes,
 	}.Build()
-	File_task_agent_v1_agent_proto = out.File
-	file_task_agent_v1_agent_proto_goTypes = nil
-	file_task_agent_v1_agent_proto_depIdxs = nil
+	File_api_agent_v1_agent_proto = out.File
+	file_api_agent_v1_agent_proto_goTypes = nil
+	file_api_agent_v1_agent_proto_depIdxs = nil
 }
