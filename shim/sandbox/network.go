@@ -1,16 +1,14 @@
-package task
+package sandbox
 
 import (
 	"context"
 	"fmt"
-	"regexp"
 	"strconv"
 	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	networkapi "github.com/qemu-shim/qemu-shim/api/network/v1"
 	"github.com/qemu-shim/qemu-shim/shim/network"
@@ -26,50 +24,14 @@ type wiredNetwork struct {
 	owner string
 }
 
-// networkPath is the path of the network namespace the spec joins, or "".
-func networkPath(spec *specs.Spec) string {
-	if spec.Linux == nil {
-		return ""
-	}
-	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == specs.NetworkNamespace {
-			return ns.Path
-		}
-	}
-	return ""
-}
-
-// siblingNetns matches the network namespace of another container's
-// process, as containerd's CRI plugin names the pod's for its containers
-// (/proc/<the sandbox's pid>/ns/net).
-var siblingNetns = regexp.MustCompile(`^/proc/([0-9]{1,10})/ns/net$`)
-
-// resolveNetns returns the host-side network namespace a spec's container
-// joins: its path, or, when the path names a process of one of this VM's
-// containers (by the guest pid containerd was told), the namespace wired
-// to the VM already ("" if none was). Called with s.mu held.
-func (s *Service) resolveNetns(spec *specs.Spec) string {
-	path := networkPath(spec)
-	if m := siblingNetns.FindStringSubmatch(path); m != nil {
-		pid, _ := strconv.ParseUint(m[1], 10, 32)
-		for _, c := range s.containers {
-			if c.pid == uint32(pid) {
-				if s.net != nil {
-					return s.net.ns.Path
-				}
-				return ""
-			}
-		}
-	}
-	return path
-}
-
-// joinNetwork wires the namespace at path to the VM, once per VM: the
-// containers of a pod all name the pod's namespace. Called with s.mu held.
-func (s *Service) joinNetwork(ctx context.Context, owner, path string) (retErr error) {
-	if s.net != nil {
-		if s.net.ns.Path != path {
-			return fmt.Errorf("network namespace %s: this VM is wired to %s already (the containers of a VM share one network namespace): %w", path, s.net.ns.Path, errdefs.ErrInvalidArgument)
+// JoinNetwork wires the namespace at path to the VM, once per VM: the
+// containers of a pod all name the pod's namespace.
+func (v *VM) JoinNetwork(ctx context.Context, owner, path string) (retErr error) {
+	v.netMu.Lock()
+	defer v.netMu.Unlock()
+	if v.net != nil {
+		if v.net.ns.Path != path {
+			return fmt.Errorf("network namespace %s: this VM is wired to %s already (the containers of a VM share one network namespace): %w", path, v.net.ns.Path, errdefs.ErrInvalidArgument)
 		}
 		return nil
 	}
@@ -81,17 +43,17 @@ func (s *Service) joinNetwork(ctx context.Context, owner, path string) (retErr e
 	w := &wiredNetwork{ns: ns, owner: owner}
 	defer func() {
 		if retErr != nil {
-			s.unwire(ctx, w)
+			v.unwire(ctx, w)
 		}
 	}()
-	client, err := s.vm.TaskClient(ctx)
+	client, err := v.inst.TaskClient(ctx)
 	if err != nil {
 		return err
 	}
 	guest := networkapi.NewNetworkClient(client)
 	for i, ep := range ns.Endpoints {
 		id := "net" + strconv.Itoa(i)
-		if err := s.vm.AttachNIC(ctx, vm.NIC{ID: id, Tap: ep.TapName, File: ep.Tap, MAC: ep.MAC.String()}); err != nil {
+		if err := v.inst.AttachNIC(ctx, vm.NIC{ID: id, Tap: ep.TapName, File: ep.Tap, MAC: ep.MAC.String()}); err != nil {
 			return fmt.Errorf("network card for %s of %s: %w", ep.Name, path, err)
 		}
 		w.nics = append(w.nics, id)
@@ -102,7 +64,7 @@ func (s *Service) joinNetwork(ctx context.Context, owner, path string) (retErr e
 			return fmt.Errorf("configure %s of %s in the guest: %w", ep.Name, path, errgrpc.ToNative(err))
 		}
 	}
-	s.net = w
+	v.net = w
 	log.G(ctx).WithField("netns", path).WithField("interfaces", len(ns.Endpoints)).WithField("took", time.Since(began)).Debug("network namespace wired to the VM")
 	return nil
 }
@@ -129,11 +91,11 @@ func interfaceRequest(ep *network.Endpoint) *networkapi.ConfigureInterfaceReques
 }
 
 // unwire unplugs the cards (while the VM runs) and removes the taps and tc
-// rules from the namespace.
-func (s *Service) unwire(ctx context.Context, w *wiredNetwork) {
-	if s.vm != nil && s.vm.State() == vm.StateRunning {
+// rules from the namespace. Called with v.netMu held.
+func (v *VM) unwire(ctx context.Context, w *wiredNetwork) {
+	if v.running() {
 		// The guest takes each card's configuration down first.
-		if client, err := s.vm.TaskClient(ctx); err == nil {
+		if client, err := v.inst.TaskClient(ctx); err == nil {
 			guest := networkapi.NewNetworkClient(client)
 			for i := range w.nics {
 				if _, err := guest.RemoveInterface(ctx, &networkapi.RemoveInterfaceRequest{Mac: w.ns.Endpoints[i].MAC.String()}); err != nil {
@@ -142,7 +104,7 @@ func (s *Service) unwire(ctx context.Context, w *wiredNetwork) {
 			}
 		}
 		for _, id := range w.nics {
-			if err := s.vm.DetachNIC(ctx, id); err != nil {
+			if err := v.inst.DetachNIC(ctx, id); err != nil {
 				log.G(ctx).WithError(err).WithField("nic", id).Warn("detach network card")
 			}
 		}
@@ -150,4 +112,14 @@ func (s *Service) unwire(ctx context.Context, w *wiredNetwork) {
 	if err := w.ns.Unwire(); err != nil {
 		log.G(ctx).WithError(err).WithField("netns", w.ns.Path).Warn("unwire network namespace")
 	}
+}
+
+// NetworkPath is the namespace wired to the VM, "" if none.
+func (v *VM) NetworkPath() string {
+	v.netMu.Lock()
+	defer v.netMu.Unlock()
+	if v.net == nil {
+		return ""
+	}
+	return v.net.ns.Path
 }

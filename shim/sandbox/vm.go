@@ -1,0 +1,169 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/log"
+
+	eventsapi "github.com/qemu-shim/qemu-shim/api/events/v1"
+	"github.com/qemu-shim/qemu-shim/internal/transport"
+	"github.com/qemu-shim/qemu-shim/shim/share"
+	"github.com/qemu-shim/qemu-shim/vm"
+)
+
+// VM is the sandbox of a QEMU VM.
+type VM struct {
+	inst *vm.Instance
+	cfg  vm.Config
+	spec Spec
+
+	disks diskSet
+
+	netMu sync.Mutex
+	net   *wiredNetwork
+
+	shareMu sync.Mutex
+	staging *share.Staging    // nil when the VM has no share
+	staged  map[string]string // container → its entry in the staging directory
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+var _ Sandbox = (*VM)(nil)
+
+// Boot starts a VM for spec and waits until its task service answers.
+func Boot(ctx context.Context, spec Spec) (Sandbox, error) {
+	cfg := spec.Config
+	m, err := cfg.VM.Machine(spec.Size)
+	if err != nil {
+		return nil, err
+	}
+	vcfg := vm.Config{
+		ID:           spec.Name,
+		StateRoot:    cfg.VM.StateRoot,
+		QEMU:         cfg.VM.QEMU,
+		Kernel:       cfg.VM.Kernel,
+		Initrd:       cfg.VM.Initrd,
+		Tools:        cfg.VM.Tools,
+		Accel:        cfg.VM.Accel,
+		Transport:    transport.Kind(cfg.VM.Transport),
+		CPUs:         m.CPUs,
+		MaxCPUs:      m.MaxCPUs,
+		MemoryMiB:    m.MemoryMiB,
+		MaxMemoryMiB: m.MaxMemoryMiB,
+		VirtioMemMiB: m.VirtioMemMiB,
+		KernelParams: cfg.VM.KernelParams,
+		BootTimeout:  cfg.VM.BootTimeout.Duration,
+		Debug:        cfg.VM.Debug,
+	}
+	if spec.Share {
+		vcfg.Share = &vm.Share{Virtiofsd: cfg.VM.Virtiofsd}
+	}
+	inst, err := vm.New(vcfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := inst.Start(ctx); err != nil {
+		return nil, err
+	}
+	if _, err := inst.TaskClient(ctx); err != nil {
+		inst.Shutdown(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	v := &VM{inst: inst, cfg: vcfg, spec: spec, staged: map[string]string{}}
+	v.disks.init(inst, cfg.Rootfs)
+	if dir := inst.ShareDir(); dir != "" {
+		v.staging = &share.Staging{Dir: dir, Pid: inst.ShareNamespacePid()}
+	}
+	if log.GetLevel() >= log.DebugLevel {
+		v.logTimeline(ctx)
+	}
+	return v, nil
+}
+
+// logTimeline logs where the guest's boot time went, for whoever debugs
+// start-up.
+func (v *VM) logTimeline(ctx context.Context) {
+	info, err := v.inst.Info(ctx)
+	if err != nil {
+		return
+	}
+	steps := ""
+	for _, st := range info.BootTimeline {
+		steps += fmt.Sprintf(" %s@%.3f", st.Name, float64(st.AtNs)/1e9)
+	}
+	log.G(ctx).WithField("steps", steps).WithField("uptime", float64(info.UptimeNs)/1e9).Debug("guest timeline")
+}
+
+// Tasks returns the guest's task service over the VM's current task
+// connection.
+func (v *VM) Tasks(ctx context.Context) (taskAPI.TTRPCTaskService, error) {
+	c, err := v.inst.TaskClient(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return taskAPI.NewTTRPCTaskClient(c), nil
+}
+
+// Events streams the guest's events.
+func (v *VM) Events(ctx context.Context, after uint64) (eventsapi.Events_StreamClient, error) {
+	c, err := v.inst.TaskClient(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return eventsapi.NewEventsClient(c).Stream(ctx, &eventsapi.StreamRequest{After: after})
+}
+
+// DialStream opens a stdio stream.
+func (v *VM) DialStream(ctx context.Context, name string) (net.Conn, error) {
+	return v.inst.DialStream(ctx, name)
+}
+
+// StateDir is the VM's state directory.
+func (v *VM) StateDir() string { return v.inst.StateDir() }
+
+// Done is closed when QEMU has exited and the VM is cleaned up.
+func (v *VM) Done() <-chan struct{} { return v.inst.Done() }
+
+// ExitStatus says how QEMU ended.
+func (v *VM) ExitStatus() string { return v.inst.ExitStatus() }
+
+// running says whether the guest can still be asked anything.
+func (v *VM) running() bool { return v.inst.State() == vm.StateRunning }
+
+// Stop shuts the VM down and unwires its network; the share's entries go
+// with the VM's state directory.
+func (v *VM) Stop(ctx context.Context) error {
+	v.stopOnce.Do(func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		v.stopErr = v.inst.Shutdown(sctx)
+		v.netMu.Lock()
+		if v.net != nil {
+			v.unwire(sctx, v.net)
+			v.net = nil
+		}
+		v.netMu.Unlock()
+	})
+	return v.stopErr
+}
+
+// Release gives back what container id holds.
+func (v *VM) Release(ctx context.Context, id string, last bool) {
+	v.disks.release(ctx, id, v.running())
+	v.netMu.Lock()
+	if v.net != nil && v.net.owner == id && last {
+		// The VM's last container: its cards go before the poststop
+		// hooks (CNI DEL) take the namespace's interfaces away.
+		v.unwire(ctx, v.net)
+		v.net = nil
+	}
+	v.netMu.Unlock()
+	v.unstage(ctx, id)
+}
