@@ -8,11 +8,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sync"
 	"time"
@@ -28,6 +26,8 @@ import (
 	"github.com/qemu-shim/qemu-shim/guest/boot"
 	"github.com/qemu-shim/qemu-shim/guest/hotplug"
 	"github.com/qemu-shim/qemu-shim/guest/kmod"
+	"github.com/qemu-shim/qemu-shim/guest/reap"
+	"github.com/qemu-shim/qemu-shim/guest/relay"
 	"github.com/qemu-shim/qemu-shim/internal/transport"
 	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
 	"github.com/qemu-shim/qemu-shim/internal/transport/serial"
@@ -39,8 +39,6 @@ const (
 	mountRoot   = "/run/qemu-shim/mounts"
 	taskdSocket = "/run/qemu-shim/taskd.sock"
 	portWait    = 10 * time.Second
-	// taskdWait bounds how long a task connection waits for taskd to listen.
-	taskdWait = 60 * time.Second
 )
 
 func main() {
@@ -56,21 +54,9 @@ func main() {
 	os.Exit(1)
 }
 
-// timeline records when each boot step finished, in guest uptime.
-var (
-	timelineMu sync.Mutex
-	timeline   []*agentapi.BootStep
-)
-
-func step(name string) {
-	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
-	timelineMu.Lock()
-	timeline = append(timeline, &agentapi.BootStep{Name: name, AtNs: uint64(ts.Nano())})
-	timelineMu.Unlock()
-}
-
 func run(ctx context.Context) error {
+	var timeline agent.Timeline
+	step := timeline.Step
 	step("init")
 	if os.Getpid() == 1 {
 		if err := boot.Reroot("/.reroot"); err != nil {
@@ -145,8 +131,8 @@ func run(ctx context.Context) error {
 	// one vCPU it would otherwise slow down the boot the host waits for.
 	answered := make(chan struct{})
 
-	taskd := &taskdRelay{socket: taskdSocket, ready: make(chan struct{})}
-	demux := conn.NewDemux(l, conn.KindTTRPC, taskd.forward)
+	taskd := relay.New(taskdSocket)
+	demux := conn.NewDemux(l, conn.KindTTRPC, taskd.Forward)
 	server, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(grpcErrors))
 	if err != nil {
 		return err
@@ -164,11 +150,7 @@ func run(ctx context.Context) error {
 			defer modMu.Unlock()
 			return append([]string(nil), modList...)
 		},
-		Timeline: func() []*agentapi.BootStep {
-			timelineMu.Lock()
-			defer timelineMu.Unlock()
-			return append([]*agentapi.BootStep(nil), timeline...)
-		},
+		Timeline: timeline.Steps,
 		PowerOff: func() {
 			unix.Sync()
 			unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
@@ -176,7 +158,11 @@ func run(ctx context.Context) error {
 	}
 	agentapi.RegisterAgentService(server, svc)
 
-	go reap(ctx, taskd)
+	go reap.Reap(ctx, func(pid int, ws unix.WaitStatus) {
+		if taskd.IsTaskd(pid) {
+			log.G(ctx).WithField("status", ws).Error("the task service exited")
+		}
+	})
 	go func() {
 		defer close(modulesReady)
 		select {
@@ -192,7 +178,7 @@ func run(ctx context.Context) error {
 			return
 		}
 		step("tools")
-		if err := taskd.start(console); err != nil {
+		if err := taskd.Start(filepath.Join(agentapi.ToolsMountPoint, "qemu-shim-taskd"), filepath.Join(agentapi.ToolsMountPoint, "runc"), console); err != nil {
 			log.G(ctx).WithError(err).Error("start the task service")
 			return
 		}
@@ -237,86 +223,4 @@ func listen(kind transport.Kind) (net.Listener, error) {
 		return nil, fmt.Errorf("open agent port: %w", err)
 	}
 	return serial.Listen(port), nil
-}
-
-// taskdRelay starts qemu-shim-taskd and passes it the task connections
-// and stdio streams, byte for byte.
-type taskdRelay struct {
-	socket string
-	ready  chan struct{}
-	mu     sync.Mutex
-	pid    int
-}
-
-func (t *taskdRelay) start(console *os.File) error {
-	bin := filepath.Join(agentapi.ToolsMountPoint, "qemu-shim-taskd")
-	attr := &os.ProcAttr{Files: []*os.File{nil, console, console}, Env: []string{"PATH=/usr/bin:/bin:/usr/sbin:/sbin"}}
-	p, err := os.StartProcess(bin, []string{bin, "-socket", t.socket, "-runc", filepath.Join(agentapi.ToolsMountPoint, "runc")}, attr)
-	if err != nil {
-		return err
-	}
-	t.mu.Lock()
-	t.pid = p.Pid
-	t.mu.Unlock()
-	p.Release() // reap() collects it
-	close(t.ready)
-	return nil
-}
-
-func (t *taskdRelay) isTaskd(pid int) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return pid == t.pid
-}
-
-func (t *taskdRelay) forward(kind byte, name string, c net.Conn) {
-	go func() {
-		deadline := time.Now().Add(taskdWait)
-		select {
-		case <-t.ready:
-		case <-time.After(taskdWait):
-			log.L.Error("task service did not start: dropping a connection")
-			c.Close()
-			return
-		}
-		var (
-			d   net.Conn
-			err error
-		)
-		for {
-			if d, err = net.Dial("unix", t.socket); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				log.L.WithError(err).Error("task service not listening: dropping a connection")
-				c.Close()
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		if err := conn.WriteHeader(d, kind, name); err != nil {
-			c.Close()
-			d.Close()
-			return
-		}
-		conn.Splice(c, d)
-	}()
-}
-
-// reap collects every orphan (PID 1's duty), noting taskd's end.
-func reap(ctx context.Context, t *taskdRelay) {
-	sigs := make(chan os.Signal, 32)
-	signal.Notify(sigs, unix.SIGCHLD)
-	for range sigs {
-		for {
-			var ws unix.WaitStatus
-			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-			if pid <= 0 || errors.Is(err, unix.ECHILD) {
-				break
-			}
-			if t.isTaskd(pid) {
-				log.G(ctx).WithField("status", ws).Error("the task service exited")
-			}
-		}
-	}
 }

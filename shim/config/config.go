@@ -81,9 +81,6 @@ func Default() Config {
 	return c
 }
 
-// DefaultTOML is the documented default file.
-func DefaultTOML() []byte { return defaultTOML }
-
 // Load reads path over the defaults ("" finds the file as the defaults
 // describe; a missing default file is fine, a missing named one is not).
 func Load(path string) (Config, error) {

@@ -40,12 +40,6 @@ func Connect(ctx context.Context, socketPath string) (*Host, error) {
 	}
 }
 
-// NewHost handshakes over a connection that is already open, for example
-// one accepted on a socket handed to QEMU.
-func NewHost(ctx context.Context, conn net.Conn) (*Host, error) {
-	return handshake(ctx, conn)
-}
-
 func handshake(ctx context.Context, conn net.Conn) (*Host, error) {
 	// Unblock the reads below when ctx ends.
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })

@@ -1,0 +1,106 @@
+// Package relay is the agent's side of qemu-shim-taskd: it starts the task
+// daemon from the tools disk and passes it the host's task connections and
+// stdio streams, byte for byte, over a Unix socket.
+package relay
+
+import (
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
+)
+
+// DefaultWait bounds how long a task connection waits for taskd to listen.
+const DefaultWait = 60 * time.Second
+
+// Relay starts qemu-shim-taskd and passes it the task connections and
+// stdio streams, byte for byte.
+type Relay struct {
+	// Socket is where taskd listens.
+	Socket string
+	// Wait bounds how long a connection waits for taskd to start and
+	// listen; zero means DefaultWait.
+	Wait time.Duration
+
+	ready chan struct{}
+	once  sync.Once
+	mu    sync.Mutex
+	pid   int
+}
+
+// New returns a relay to a taskd that will listen on socket.
+func New(socket string) *Relay {
+	return &Relay{Socket: socket, ready: make(chan struct{})}
+}
+
+// Start starts taskd (bin, run with -socket and -runc), its stdout and
+// stderr on console. The caller reaps it: IsTaskd recognises its pid.
+func (t *Relay) Start(bin, runc string, console *os.File) error {
+	attr := &os.ProcAttr{Files: []*os.File{nil, console, console}, Env: []string{"PATH=/usr/bin:/bin:/usr/sbin:/sbin"}}
+	p, err := os.StartProcess(bin, []string{bin, "-socket", t.Socket, "-runc", runc}, attr)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.pid = p.Pid
+	t.mu.Unlock()
+	p.Release() // the caller's reaper collects it
+	t.once.Do(func() { close(t.ready) })
+	return nil
+}
+
+// IsTaskd says whether pid is the taskd Start started.
+func (t *Relay) IsTaskd(pid int) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return pid != 0 && pid == t.pid
+}
+
+func (t *Relay) wait() time.Duration {
+	if t.Wait > 0 {
+		return t.Wait
+	}
+	return DefaultWait
+}
+
+// Forward hands c to taskd, prefixed with its connection header, once
+// taskd listens; it returns at once. c is closed if taskd does not start
+// or listen in time.
+func (t *Relay) Forward(kind byte, name string, c net.Conn) {
+	go func() {
+		wait := t.wait()
+		deadline := time.Now().Add(wait)
+		select {
+		case <-t.ready:
+		case <-time.After(wait):
+			log.L.Error("task service did not start: dropping a connection")
+			c.Close()
+			return
+		}
+		var (
+			d   net.Conn
+			err error
+		)
+		for {
+			if d, err = net.Dial("unix", t.Socket); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				log.L.WithError(err).Error("task service not listening: dropping a connection")
+				c.Close()
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if err := conn.WriteHeader(d, kind, name); err != nil {
+			c.Close()
+			d.Close()
+			return
+		}
+		conn.Splice(c, d)
+	}()
+}

@@ -1,0 +1,121 @@
+package relay
+
+import (
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
+)
+
+// startTrue starts /bin/true as a stand-in taskd and reaps it.
+func startTrue(t *testing.T, r *Relay) {
+	t.Helper()
+	bin := "/bin/true"
+	if _, err := os.Stat(bin); err != nil {
+		t.Skip("no /bin/true")
+	}
+	if err := r.Start(bin, "/nonexistent/runc", nil); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	pid := r.pid
+	r.mu.Unlock()
+	if !r.IsTaskd(pid) || r.IsTaskd(pid+1) || r.IsTaskd(0) {
+		t.Fatalf("IsTaskd does not recognise pid %d alone", pid)
+	}
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// pair returns both ends of a real Unix socket connection.
+func pair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cs [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "pair")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs[i] = c
+	}
+	t.Cleanup(func() { cs[0].Close(); cs[1].Close() })
+	return cs[0], cs[1]
+}
+
+func TestForwardRelaysHeaderAndBytes(t *testing.T) {
+	r := New(filepath.Join(t.TempDir(), "taskd.sock"))
+	l, err := net.Listen("unix", r.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	startTrue(t, r)
+
+	host, agentEnd := pair(t)
+	r.Forward(conn.KindTask, "", agentEnd)
+	d, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	kind, name, err := conn.ReadHeader(d)
+	if err != nil || kind != conn.KindTask || name != "" {
+		t.Fatalf("header: kind %d name %q err %v", kind, name, err)
+	}
+	if _, err := host.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(d, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("taskd read %q, %v", buf, err)
+	}
+	if _, err := d.Write([]byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(host, buf); err != nil || string(buf) != "pong" {
+		t.Fatalf("host read %q, %v", buf, err)
+	}
+	// taskd ending its side ends the host's.
+	d.Close()
+	if n, err := host.Read(buf); err != io.EOF {
+		t.Fatalf("host read %d, %v after taskd closed; want EOF", n, err)
+	}
+}
+
+func TestForwardDropsConnection(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		start bool // taskd started, but nothing listens
+	}{
+		{"taskd never started", false},
+		{"taskd not listening", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := New(filepath.Join(t.TempDir(), "taskd.sock"))
+			r.Wait = 50 * time.Millisecond
+			if tc.start {
+				startTrue(t, r)
+			}
+			host, agentEnd := pair(t)
+			host.SetReadDeadline(time.Now().Add(10 * time.Second))
+			r.Forward(conn.KindStream, "stdout", agentEnd)
+			if n, err := host.Read(make([]byte, 1)); err != io.EOF {
+				t.Fatalf("read %d, %v; want EOF once the relay gives up", n, err)
+			}
+		})
+	}
+}
