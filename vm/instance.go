@@ -61,8 +61,10 @@ type Instance struct {
 	client    *ttrpc.Client
 	agent     agentapi.AgentService
 
-	taskMu     sync.Mutex
-	taskClient *ttrpc.Client
+	// taskMu serialises connecting to the task service; task is the
+	// connection, nil before the first TaskClient.
+	taskMu sync.Mutex
+	task   *taskConn
 
 	hp hotplugState
 
@@ -127,24 +129,6 @@ func (i *Instance) Agent() agentapi.AgentService { return i.agent }
 
 // Client is the TTRPC client to the agent's VM-level services.
 func (i *Instance) Client() *ttrpc.Client { return i.client }
-
-// TaskClient is the TTRPC client to the guest's task service (containerd's
-// task API and the event stream), connected on first use.
-func (i *Instance) TaskClient(ctx context.Context) (*ttrpc.Client, error) {
-	if err := i.state.require(i.cfg.ID, "reach the task service", StateRunning); err != nil {
-		return nil, err
-	}
-	i.taskMu.Lock()
-	defer i.taskMu.Unlock()
-	if i.taskClient == nil {
-		c, err := i.dial(ctx, conn.KindTask, "")
-		if err != nil {
-			return nil, err
-		}
-		i.taskClient = ttrpc.NewClient(c)
-	}
-	return i.taskClient, nil
-}
 
 // DialStream opens a named stdio stream to the agent; Create and Exec
 // refer to it as conn.StreamPrefix + name.
@@ -423,12 +407,13 @@ func (i *Instance) Reconnect(ctx context.Context) error {
 		return err
 	}
 	i.client.Close()
+	// TaskClient dials on i.host: hold it off until the new one is up.
 	i.taskMu.Lock()
-	if i.taskClient != nil {
-		i.taskClient.Close()
-		i.taskClient = nil
+	defer i.taskMu.Unlock()
+	if i.task != nil {
+		i.task.client.Close()
+		i.task = nil
 	}
-	i.taskMu.Unlock()
 	i.host.Close()
 	if err := i.connectAgent(ctx); err != nil {
 		return fmt.Errorf("vm %s: reconnect: %w", i.cfg.ID, err)
@@ -509,11 +494,7 @@ func (i *Instance) cleanup(ctx context.Context) {
 		if i.client != nil {
 			i.client.Close()
 		}
-		i.taskMu.Lock()
-		if i.taskClient != nil {
-			i.taskClient.Close()
-		}
-		i.taskMu.Unlock()
+		i.closeTaskClient()
 		if i.host != nil {
 			i.host.Close()
 		}
