@@ -32,8 +32,16 @@ const (
 	// OperatorQMPSocketName is the QMP monitor left for operators' tools.
 	OperatorQMPSocketName = "qmp-operator.sock"
 	agentSocketName       = "agent.sock"
-	// ConsoleLogName is the guest's console, kept while the VM runs.
+	// ConsoleLogName is the guest's console, kept while the VM runs and
+	// bounded (see ConsoleLogMaxBytes).
 	ConsoleLogName = "console.log"
+)
+
+// The descriptors QEMU inherits: the console's socket, then the boot NICs'
+// taps in order.
+const (
+	consoleFD  = 3
+	firstTapFD = 4
 )
 
 // Bounds of each shutdown step.
@@ -55,6 +63,7 @@ type Instance struct {
 	cidLease  *vsock.Lease
 
 	proc      *process
+	console   *console
 	virtiofsd *process
 	qmp       *qmp.Monitor
 	host      transport.Host
@@ -195,9 +204,20 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	if err != nil {
 		return err
 	}
-	i.proc, err = startProcess(i.cfg.QEMU, args, taps)
-	for _, t := range taps {
-		t.Close() // QEMU has its own copies
+	c, qemuConsole, err := newConsole(i.stateDir)
+	if err != nil {
+		for _, t := range taps {
+			t.Close()
+		}
+		return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
+	}
+	i.console = c
+	go c.run()
+	// The descriptors QEMU inherits, from 3 on (see consoleFD, firstTapFD).
+	inherited := append([]*os.File{qemuConsole}, taps...)
+	i.proc, err = startProcess(i.cfg.QEMU, args, inherited)
+	for _, f := range inherited {
+		f.Close() // QEMU has its own copies
 	}
 	if err != nil {
 		return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
@@ -210,6 +230,7 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	go func() {
 		select {
 		case <-i.proc.exited:
+			i.console.drained(consoleDrainWait)
 			stop(fmt.Errorf("QEMU exited during boot: %s%s", i.proc.describe(), i.consoleTail()))
 		case <-ctx.Done():
 		}
@@ -307,7 +328,7 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 		Kernel:            i.cfg.Kernel,
 		Initrd:            i.cfg.Initrd,
 		KernelCmdline:     kernel.String(),
-		ConsoleLog:        filepath.Join(i.stateDir, ConsoleLogName),
+		ConsoleFD:         consoleFD,
 		QMPSocket:         filepath.Join(i.stateDir, qmpSocketName),
 		OperatorQMPSocket: filepath.Join(i.stateDir, OperatorQMPSocketName),
 		PidFile:           filepath.Join(i.stateDir, PidFileName),
@@ -320,8 +341,8 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 		m.Disks = append(m.Disks, cmdline.Disk{ID: agentapi.ToolsDiskSerial, Serial: agentapi.ToolsDiskSerial, Path: i.cfg.Tools, ReadOnly: true})
 	}
 	for n, nic := range i.cfg.NICs {
-		// The taps are QEMU's descriptors 3, 4, ... (see openTaps).
-		m.NICs = append(m.NICs, cmdline.NIC{ID: nic.ID, FD: 3 + n, MAC: nic.MAC})
+		// The taps follow the console in QEMU's descriptors (see openTaps).
+		m.NICs = append(m.NICs, cmdline.NIC{ID: nic.ID, FD: firstTapFD + n, MAC: nic.MAC})
 	}
 	for _, d := range i.cfg.Disks {
 		m.Disks = append(m.Disks, cmdline.Disk{ID: d.ID, Serial: d.ID, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly})
@@ -505,22 +526,13 @@ func (i *Instance) cleanup(ctx context.Context) {
 			i.cidLease.Release()
 		}
 		i.stopVirtiofsd()
+		if i.console != nil {
+			i.console.stop()
+		}
 		if err := mountutil.RemoveAll(i.stateDir); err != nil {
 			log.G(ctx).WithError(err).WithField("vm", i.cfg.ID).Warn("remove state directory")
 		}
 	})
-}
-
-// consoleTail returns the end of the console log, to explain a failed boot.
-func (i *Instance) consoleTail() string {
-	b, err := os.ReadFile(filepath.Join(i.stateDir, ConsoleLogName))
-	if err != nil || len(b) == 0 {
-		return ""
-	}
-	if len(b) > 2048 {
-		b = b[len(b)-2048:]
-	}
-	return "; console: " + strings.TrimSpace(string(b))
 }
 
 var (
