@@ -20,8 +20,6 @@ import (
 	"github.com/qemu-shim/qemu-shim/internal/mountutil"
 	"github.com/qemu-shim/qemu-shim/internal/transport"
 	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
-	"github.com/qemu-shim/qemu-shim/internal/transport/serial"
-	"github.com/qemu-shim/qemu-shim/internal/transport/vsock"
 	"github.com/qemu-shim/qemu-shim/vm/cmdline"
 	"github.com/qemu-shim/qemu-shim/vm/qmp"
 )
@@ -60,7 +58,7 @@ type Instance struct {
 
 	accel     cmdline.Accel
 	transport transport.Kind
-	cidLease  *vsock.Lease
+	link      agentLink
 
 	proc      *process
 	console   *console
@@ -171,7 +169,9 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	defer func() {
 		if retErr != nil {
 			i.stopOnce.Do(func() { close(i.stopping) })
-			i.state.v.Store(int32(StateShutdown))
+			if err := i.state.transition(i.cfg.ID, "abandon start", StateStarting, StateShutdown); err != nil {
+				log.G(ctx).WithError(err).Warn("failed start")
+			}
 			if i.proc != nil {
 				i.proc.signal(syscall.SIGKILL)
 				i.proc.waitExit(sigkillWait)
@@ -191,7 +191,15 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 			return err
 		}
 	}
-	m, err := i.machine()
+	// Everything the command line needs is chosen (and held) here, once.
+	accel, kind := i.resolve()
+	link, err := i.newAgentLink(kind)
+	if err != nil {
+		return err
+	}
+	i.accel, i.transport, i.link = accel, kind, link
+	i.hp.init(i.cfg)
+	m, err := i.machine(i.accel, i.link)
 	if err != nil {
 		return err
 	}
@@ -292,24 +300,30 @@ func (i *Instance) prepareStateDir(ctx context.Context) error {
 	return nil
 }
 
-// machine turns the Config into a QEMU command line description.
-func (i *Instance) machine() (*cmdline.Machine, error) {
+// resolve picks the accelerator and the transport the configuration asks
+// for ("auto" is decided by what the host has), logging why.
+func (i *Instance) resolve() (cmdline.Accel, transport.Kind) {
+	var accel cmdline.Accel
 	switch i.cfg.Accel {
 	case "kvm":
-		i.accel = cmdline.KVM
+		accel = cmdline.KVM
 	case "tcg":
-		i.accel = cmdline.TCG
+		accel = cmdline.TCG
 	default:
 		var why string
-		i.accel, why = DetectAccel()
+		accel, why = DetectAccel()
 		log.L.WithField("vm", i.cfg.ID).Info(why)
 	}
-	var why string
-	i.transport, why = transport.Resolve(i.cfg.Transport)
-	log.L.WithField("vm", i.cfg.ID).WithField("transport", i.transport).Debug(why)
+	kind, why := transport.Resolve(i.cfg.Transport)
+	log.L.WithField("vm", i.cfg.ID).WithField("transport", kind).Debug(why)
+	return accel, kind
+}
 
+// machine turns the Config into a QEMU command line description, with the
+// given accelerator and agent transport. It changes nothing.
+func (i *Instance) machine(accel cmdline.Accel, link agentLink) (*cmdline.Machine, error) {
 	kernel := cmdline.NewKernel(cmdline.DefaultKernelParams...)
-	kernel.Set("qemu_shim.transport", string(i.transport))
+	kernel.Set("qemu_shim.transport", string(link.kind()))
 	if i.cfg.Debug {
 		kernel.Set("qemu_shim.debug", "1")
 	}
@@ -317,7 +331,7 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 		return nil, fmt.Errorf("vm %s: %w: %w", i.cfg.ID, err, errdefs.ErrInvalidArgument)
 	}
 	m := &cmdline.Machine{
-		Accel:             i.accel,
+		Accel:             accel,
 		Firmware:          i.cfg.Firmware,
 		CPUs:              i.cfg.CPUs,
 		MaxCPUs:           i.cfg.MaxCPUs,
@@ -347,23 +361,10 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 	for _, d := range i.cfg.Disks {
 		m.Disks = append(m.Disks, cmdline.Disk{ID: d.ID, Serial: d.ID, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly})
 	}
-	switch i.transport {
-	case transport.VSock:
-		alloc := &vsock.CIDAllocator{Dir: filepath.Join(i.cfg.StateRoot, CIDLeaseDirName), Cooldown: 30 * time.Second}
-		lease, err := alloc.Allocate()
-		if err != nil {
-			return nil, fmt.Errorf("vm %s: %w", i.cfg.ID, err)
-		}
-		i.cidLease = lease
-		m.VsockCID = lease.CID
-	default:
-		m.AgentSocket = filepath.Join(i.stateDir, agentSocketName)
-		m.AgentPortName = serial.PortName
-	}
+	link.configure(m)
 	if i.cfg.Share != nil {
 		m.VirtiofsSocket, m.VirtiofsTag = filepath.Join(i.stateDir, virtiofsdSocketName), ShareTag
 	}
-	i.hp.init(i.cfg)
 	return m, nil
 }
 
@@ -389,11 +390,13 @@ func (i *Instance) CommandLine() ([]string, error) {
 	if err := i.state.require(i.cfg.ID, "show the command line", StateNew); err != nil {
 		return nil, err
 	}
-	m, err := i.machine()
-	if i.cidLease != nil {
-		i.cidLease.Release()
-		i.cidLease = nil
+	accel, kind := i.resolve()
+	link, err := i.newAgentLink(kind)
+	if err != nil {
+		return nil, err
 	}
+	defer link.release()
+	m, err := i.machine(accel, link)
 	if err != nil {
 		return nil, err
 	}
@@ -402,16 +405,11 @@ func (i *Instance) CommandLine() ([]string, error) {
 
 // connectAgent brings up the transport and the TTRPC client.
 func (i *Instance) connectAgent(ctx context.Context) error {
-	switch i.transport {
-	case transport.VSock:
-		i.host = &vsock.Host{CID: i.cidLease.CID, Port: vsock.AgentPort}
-	default:
-		h, err := serial.Connect(ctx, filepath.Join(i.stateDir, agentSocketName))
-		if err != nil {
-			return err
-		}
-		i.host = h
+	h, err := i.link.connect(ctx)
+	if err != nil {
+		return err
 	}
+	i.host = h
 	c, err := i.dial(ctx, conn.KindTTRPC, "")
 	if err != nil {
 		return err
@@ -452,8 +450,7 @@ func (i *Instance) watchExit() {
 	}
 	ctx := context.Background()
 	log.G(ctx).WithField("vm", i.cfg.ID).WithField("status", i.proc.describe()).Warn("QEMU exited unexpectedly")
-	if i.state.get() == StateRunning {
-		i.state.v.Store(int32(StateShutdown))
+	if i.state.transition(i.cfg.ID, "notice QEMU's exit", StateRunning, StateShutdown) == nil {
 		i.cleanup(ctx)
 	}
 }
@@ -522,8 +519,8 @@ func (i *Instance) cleanup(ctx context.Context) {
 		if i.qmp != nil {
 			i.qmp.Close()
 		}
-		if i.cidLease != nil {
-			i.cidLease.Release()
+		if i.link != nil {
+			i.link.release()
 		}
 		i.stopVirtiofsd()
 		if i.console != nil {
