@@ -212,7 +212,7 @@ func (w *cappedFile) Close() error {
 // ConsoleTail returns the last of what the guest wrote to its console (at
 // most max bytes, and at most ConsoleTailBytes), also once the VM is gone.
 func (i *Instance) ConsoleTail(max int) []byte {
-	if i.console == nil {
+	if i.console == nil || max <= 0 {
 		return nil
 	}
 	return i.console.ring.Tail(min(max, ConsoleTailBytes))

@@ -65,13 +65,11 @@ type Instance struct {
 	virtiofsd *process
 	qmp       *qmp.Monitor
 	host      transport.Host
-	client    *ttrpc.Client
+	// agent is the agent's service over agentConn, dialled again when it
+	// ends; tasks is the task service's connection (see TaskClient).
 	agent     agentapi.AgentService
-
-	// taskMu serialises connecting to the task service; task is the
-	// connection, nil before the first TaskClient.
-	taskMu sync.Mutex
-	task   *taskConn
+	agentConn redialer
+	tasks     redialer
 
 	hp hotplugState
 
@@ -88,6 +86,8 @@ func New(cfg Config) (*Instance, error) {
 		return nil, err
 	}
 	return &Instance{
+		agentConn:   redialer{kind: conn.KindTTRPC, what: "agent"},
+		tasks:       redialer{kind: conn.KindTask, what: "task service"},
 		cfg:         cfg,
 		stateDir:    filepath.Join(cfg.StateRoot, cfg.ID),
 		cleanupDone: make(chan struct{}),
@@ -131,11 +131,14 @@ func (i *Instance) ExitStatus() string {
 	return i.proc.describe()
 }
 
-// Agent is the TTRPC client of the agent's VM-level service.
+// Agent is the agent's VM-level service. Each call goes over the live
+// connection, made again if the last one ended; once the VM is shut down
+// or QEMU has exited, calls fail with errdefs.ErrUnavailable.
 func (i *Instance) Agent() agentapi.AgentService { return i.agent }
 
-// Client is the TTRPC client to the agent's VM-level services.
-func (i *Instance) Client() *ttrpc.Client { return i.client }
+// Client is the TTRPC client to the agent's VM-level services last
+// dialled; it is closed once that connection ends (prefer Agent).
+func (i *Instance) Client() *ttrpc.Client { return i.agentConn.current() }
 
 // DialStream opens a named stdio stream to the agent; Create and Exec
 // refer to it as conn.StreamPrefix + name.
@@ -262,7 +265,9 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 		i.qmp, err = qmp.Connect(ctx, m.QMPSocket)
 		qmpDone <- err
 	}()
+	i.agentConn.mu.Lock()
 	agentErr := i.connectAgent(ctx)
+	i.agentConn.mu.Unlock()
 	if err := <-qmpDone; err != nil {
 		return wrap("connect QMP", err)
 	}
@@ -403,19 +408,18 @@ func (i *Instance) CommandLine() ([]string, error) {
 	return m.Args()
 }
 
-// connectAgent brings up the transport and the TTRPC client.
+// connectAgent brings up the transport and the agent's TTRPC client. The
+// caller holds agentConn.mu.
 func (i *Instance) connectAgent(ctx context.Context) error {
 	h, err := i.link.connect(ctx)
 	if err != nil {
 		return err
 	}
 	i.host = h
-	c, err := i.dial(ctx, conn.KindTTRPC, "")
-	if err != nil {
+	if _, err := i.agentConn.getLocked(ctx, i, i.checkAgent); err != nil {
 		return err
 	}
-	i.client = ttrpc.NewClient(c)
-	i.agent = agentapi.NewAgentClient(i.client)
+	i.agent = agentProxy{i}
 	return nil
 }
 
@@ -425,14 +429,14 @@ func (i *Instance) Reconnect(ctx context.Context) error {
 	if err := i.state.require(i.cfg.ID, "reconnect", StateRunning); err != nil {
 		return err
 	}
-	i.client.Close()
-	// TaskClient dials on i.host: hold it off until the new one is up.
-	i.taskMu.Lock()
-	defer i.taskMu.Unlock()
-	if i.task != nil {
-		i.task.client.Close()
-		i.task = nil
-	}
+	// Both connections are dialled on i.host: hold them off until the new
+	// one is up.
+	i.tasks.mu.Lock()
+	defer i.tasks.mu.Unlock()
+	i.agentConn.mu.Lock()
+	defer i.agentConn.mu.Unlock()
+	i.tasks.closeLocked()
+	i.agentConn.closeLocked()
 	i.host.Close()
 	if err := i.connectAgent(ctx); err != nil {
 		return fmt.Errorf("vm %s: reconnect: %w", i.cfg.ID, err)
@@ -509,9 +513,7 @@ func (i *Instance) Shutdown(ctx context.Context) error {
 func (i *Instance) cleanup(ctx context.Context) {
 	i.cleanupOnce.Do(func() {
 		defer close(i.cleanupDone)
-		if i.client != nil {
-			i.client.Close()
-		}
+		i.agentConn.close()
 		i.closeTaskClient()
 		if i.host != nil {
 			i.host.Close()

@@ -11,7 +11,8 @@ import (
 )
 
 // TaskClient hands out a working client after the task connection ended,
-// and a clear error once the VM is gone. (The connection is ended from the
+// and a clear error once the VM is gone; the agent's connection is made
+// again the same way. (The connection is ended from the
 // host here: the guest has no way to be told to drop it.)
 func TestTaskRedial(t *testing.T) {
 	t.Parallel()
@@ -44,6 +45,15 @@ func TestTaskRedial(t *testing.T) {
 	}
 	if err := roundTrip(second); err != nil {
 		t.Fatalf("the new connection: %v", err)
+	}
+	// The agent's connection too.
+	agent := inst.Client()
+	agent.Close()
+	if err := agent.UserOnCloseWait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inst.Info(ctx); err != nil {
+		t.Fatalf("the agent after its connection ended: %v", err)
 	}
 	if err := inst.Shutdown(ctx); err != nil {
 		t.Fatal(err)

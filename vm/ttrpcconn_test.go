@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	agentapi "github.com/qemu-shim/qemu-shim/api/agent/v1"
 	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
 )
 
@@ -44,6 +45,7 @@ func newFakeGuest(t *testing.T) *fakeGuest {
 			return &emptypb.Empty{}, nil
 		},
 	}})
+	agentapi.RegisterAgentService(s, &fakeAgent{cpus: 3})
 	g := &fakeGuest{t: t, server: s, conns: make(chan net.Conn)}
 	l := &chanListener{conns: g.conns, done: make(chan struct{})}
 	go s.Serve(context.Background(), l)
@@ -65,7 +67,7 @@ func (g *fakeGuest) Dial(ctx context.Context) (net.Conn, error) {
 	g.peers = append(g.peers, guest)
 	go func() {
 		kind, _, err := conn.ReadHeader(guest)
-		if err != nil || kind != conn.KindTask {
+		if err != nil || kind != conn.KindTask && kind != conn.KindTTRPC {
 			g.t.Errorf("connection header: kind %d, %v", kind, err)
 			guest.Close()
 			return
@@ -114,7 +116,10 @@ func (l *chanListener) Addr() net.Addr { return &net.UnixAddr{Name: "fake", Net:
 
 // runningInstance is an Instance in state Running on a fake guest.
 func runningInstance(t *testing.T, g *fakeGuest) *Instance {
-	i := &Instance{cfg: Config{ID: "t"}, host: g, cleanupDone: make(chan struct{}), stopping: make(chan struct{})}
+	i := &Instance{cfg: Config{ID: "t"}, host: g, cleanupDone: make(chan struct{}), stopping: make(chan struct{}),
+		tasks:     redialer{kind: conn.KindTask, what: "task service"},
+		agentConn: redialer{kind: conn.KindTTRPC, what: "agent"}}
+	i.agent = agentProxy{i}
 	if err := i.state.transition("t", "start", StateNew, StateStarting); err != nil {
 		t.Fatal(err)
 	}
@@ -122,6 +127,7 @@ func runningInstance(t *testing.T, g *fakeGuest) *Instance {
 		t.Fatal(err)
 	}
 	t.Cleanup(i.closeTaskClient)
+	t.Cleanup(i.agentConn.close)
 	return i
 }
 
@@ -247,4 +253,45 @@ func TestTaskClientUnavailable(t *testing.T) {
 			t.Errorf("got %v, want ErrFailedPrecondition", err)
 		}
 	})
+}
+
+func TestAgentRedialsAfterTheGuestDropsIt(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	g := newFakeGuest(t)
+	i := runningInstance(t, g)
+	info, err := i.Info(ctx)
+	if err != nil || info.CpusOnline != 3 {
+		t.Fatalf("info %v, %v", info, err)
+	}
+	first := i.Client()
+	g.drop()
+	if err := first.UserOnCloseWait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := i.Info(ctx); err != nil {
+		t.Fatalf("after the guest dropped the connection: %v", err)
+	}
+	if i.Client() == first || g.dialCount() != 2 {
+		t.Errorf("no redial: %d dials", g.dialCount())
+	}
+
+	// Shutting down, a live connection still serves (the agent is asked
+	// to power off), but a dead one is not dialled again.
+	if err := i.state.transition("t", "shut down", StateRunning, StateShutdown); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := i.Agent().Info(ctx, &agentapi.InfoRequest{}); err != nil {
+		t.Errorf("the live connection while shutting down: %v", err)
+	}
+	g.drop()
+	if err := i.Client().UserOnCloseWait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := i.Agent().Info(ctx, &agentapi.InfoRequest{}); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Errorf("after shutdown: %v, want ErrUnavailable", err)
+	}
+	if g.dialCount() != 2 {
+		t.Errorf("dialled a VM that is shut down")
+	}
 }
