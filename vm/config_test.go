@@ -2,10 +2,18 @@ package vm
 
 import (
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/qemu-shim/qemu-shim/internal/transport"
+	"github.com/qemu-shim/qemu-shim/internal/transport/vsock"
+	"github.com/qemu-shim/qemu-shim/vm/cmdline"
 )
 
 func TestCheckID(t *testing.T) {
@@ -30,6 +38,78 @@ func TestCheckID(t *testing.T) {
 		// New checks it first.
 		if _, err := New(Config{ID: tc.id}); !tc.ok && (err == nil || !strings.Contains(err.Error(), "id ")) {
 			t.Errorf("New with id %q: %v", tc.id, err)
+		}
+	}
+}
+
+func newTestInstance(t *testing.T, edit func(*Config)) *Instance {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := Config{ID: "cl", StateRoot: filepath.Join(dir, "state"), Accel: "tcg", Transport: transport.Serial}
+	for _, f := range []*string{&cfg.Kernel, &cfg.Initrd, &cfg.Tools} {
+		*f = filepath.Join(dir, fmt.Sprintf("f%p", f))
+		if err := os.WriteFile(*f, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	i, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return i
+}
+
+// Building the command line changes nothing: the same arguments each time,
+// the instance still New, nothing held.
+func TestMachineIsPure(t *testing.T) {
+	i := newTestInstance(t, nil)
+	link := &serialLink{socket: filepath.Join(i.stateDir, agentSocketName)}
+	a, err := i.machine(cmdline.TCG, link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := i.machine(cmdline.TCG, link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(a, b) {
+		t.Errorf("two builds differ:\n%+v\n%+v", a, b)
+	}
+	if a.AgentSocket != link.socket || a.VsockCID != 0 || a.ConsoleFD != consoleFD {
+		t.Errorf("machine %+v", a)
+	}
+	if i.State() != StateNew || i.accel != "" || i.transport != "" || i.link != nil || i.hp.disks != nil {
+		t.Errorf("machine changed the instance: %s %q %q %v", i.State(), i.accel, i.transport, i.link)
+	}
+}
+
+func TestCommandLineHoldsNothing(t *testing.T) {
+	for _, kind := range []transport.Kind{transport.Serial, transport.VSock} {
+		i := newTestInstance(t, func(c *Config) { c.Transport = kind })
+		args, err := i.CommandLine()
+		if err != nil {
+			t.Fatal(err)
+		}
+		joined := strings.Join(args, " ")
+		if want := map[transport.Kind]string{transport.Serial: "virtserialport", transport.VSock: "vhost-vsock-pci"}[kind]; !strings.Contains(joined, want) {
+			t.Errorf("%s: no %s in %s", kind, want, joined)
+		}
+		if i.State() != StateNew || i.link != nil {
+			t.Errorf("%s: CommandLine changed the instance", kind)
+		}
+		if kind == transport.VSock {
+			// The CID taken for the command line was given back.
+			lease, err := (&vsock.CIDAllocator{Dir: filepath.Join(i.cfg.StateRoot, CIDLeaseDirName)}).Allocate()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lease.CID != vsock.FirstCID {
+				t.Errorf("CID %d still held", vsock.FirstCID)
+			}
+			lease.Release()
 		}
 	}
 }

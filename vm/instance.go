@@ -20,8 +20,6 @@ import (
 	"github.com/qemu-shim/qemu-shim/internal/mountutil"
 	"github.com/qemu-shim/qemu-shim/internal/transport"
 	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
-	"github.com/qemu-shim/qemu-shim/internal/transport/serial"
-	"github.com/qemu-shim/qemu-shim/internal/transport/vsock"
 	"github.com/qemu-shim/qemu-shim/vm/cmdline"
 	"github.com/qemu-shim/qemu-shim/vm/qmp"
 )
@@ -32,8 +30,16 @@ const (
 	// OperatorQMPSocketName is the QMP monitor left for operators' tools.
 	OperatorQMPSocketName = "qmp-operator.sock"
 	agentSocketName       = "agent.sock"
-	// ConsoleLogName is the guest's console, kept while the VM runs.
+	// ConsoleLogName is the guest's console, kept while the VM runs and
+	// bounded (see ConsoleLogMaxBytes).
 	ConsoleLogName = "console.log"
+)
+
+// The descriptors QEMU inherits: the console's socket, then the boot NICs'
+// taps in order.
+const (
+	consoleFD  = 3
+	firstTapFD = 4
 )
 
 // Bounds of each shutdown step.
@@ -52,17 +58,18 @@ type Instance struct {
 
 	accel     cmdline.Accel
 	transport transport.Kind
-	cidLease  *vsock.Lease
+	link      agentLink
 
 	proc      *process
+	console   *console
 	virtiofsd *process
 	qmp       *qmp.Monitor
 	host      transport.Host
-	client    *ttrpc.Client
+	// agent is the agent's service over agentConn, dialled again when it
+	// ends; tasks is the task service's connection (see TaskClient).
 	agent     agentapi.AgentService
-
-	taskMu     sync.Mutex
-	taskClient *ttrpc.Client
+	agentConn redialer
+	tasks     redialer
 
 	hp hotplugState
 
@@ -79,6 +86,8 @@ func New(cfg Config) (*Instance, error) {
 		return nil, err
 	}
 	return &Instance{
+		agentConn:   redialer{kind: conn.KindTTRPC, what: "agent"},
+		tasks:       redialer{kind: conn.KindTask, what: "task service"},
 		cfg:         cfg,
 		stateDir:    filepath.Join(cfg.StateRoot, cfg.ID),
 		cleanupDone: make(chan struct{}),
@@ -122,29 +131,14 @@ func (i *Instance) ExitStatus() string {
 	return i.proc.describe()
 }
 
-// Agent is the TTRPC client of the agent's VM-level service.
+// Agent is the agent's VM-level service. Each call goes over the live
+// connection, made again if the last one ended; once the VM is shut down
+// or QEMU has exited, calls fail with errdefs.ErrUnavailable.
 func (i *Instance) Agent() agentapi.AgentService { return i.agent }
 
-// Client is the TTRPC client to the agent's VM-level services.
-func (i *Instance) Client() *ttrpc.Client { return i.client }
-
-// TaskClient is the TTRPC client to the guest's task service (containerd's
-// task API and the event stream), connected on first use.
-func (i *Instance) TaskClient(ctx context.Context) (*ttrpc.Client, error) {
-	if err := i.state.require(i.cfg.ID, "reach the task service", StateRunning); err != nil {
-		return nil, err
-	}
-	i.taskMu.Lock()
-	defer i.taskMu.Unlock()
-	if i.taskClient == nil {
-		c, err := i.dial(ctx, conn.KindTask, "")
-		if err != nil {
-			return nil, err
-		}
-		i.taskClient = ttrpc.NewClient(c)
-	}
-	return i.taskClient, nil
-}
+// Client is the TTRPC client to the agent's VM-level services last
+// dialled; it is closed once that connection ends (prefer Agent).
+func (i *Instance) Client() *ttrpc.Client { return i.agentConn.current() }
 
 // DialStream opens a named stdio stream to the agent; Create and Exec
 // refer to it as conn.StreamPrefix + name.
@@ -178,7 +172,9 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	defer func() {
 		if retErr != nil {
 			i.stopOnce.Do(func() { close(i.stopping) })
-			i.state.v.Store(int32(StateShutdown))
+			if err := i.state.transition(i.cfg.ID, "abandon start", StateStarting, StateShutdown); err != nil {
+				log.G(ctx).WithError(err).Warn("failed start")
+			}
 			if i.proc != nil {
 				i.proc.signal(syscall.SIGKILL)
 				i.proc.waitExit(sigkillWait)
@@ -198,7 +194,15 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 			return err
 		}
 	}
-	m, err := i.machine()
+	// Everything the command line needs is chosen (and held) here, once.
+	accel, kind := i.resolve()
+	link, err := i.newAgentLink(kind)
+	if err != nil {
+		return err
+	}
+	i.accel, i.transport, i.link = accel, kind, link
+	i.hp.init(i.cfg)
+	m, err := i.machine(i.accel, i.link)
 	if err != nil {
 		return err
 	}
@@ -211,9 +215,20 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	if err != nil {
 		return err
 	}
-	i.proc, err = startProcess(i.cfg.QEMU, args, taps)
-	for _, t := range taps {
-		t.Close() // QEMU has its own copies
+	c, qemuConsole, err := newConsole(i.stateDir)
+	if err != nil {
+		for _, t := range taps {
+			t.Close()
+		}
+		return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
+	}
+	i.console = c
+	go c.run()
+	// The descriptors QEMU inherits, from 3 on (see consoleFD, firstTapFD).
+	inherited := append([]*os.File{qemuConsole}, taps...)
+	i.proc, err = startProcess(i.cfg.QEMU, args, inherited)
+	for _, f := range inherited {
+		f.Close() // QEMU has its own copies
 	}
 	if err != nil {
 		return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
@@ -226,6 +241,7 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	go func() {
 		select {
 		case <-i.proc.exited:
+			i.console.drained(consoleDrainWait)
 			stop(fmt.Errorf("QEMU exited during boot: %s%s", i.proc.describe(), i.consoleTail()))
 		case <-ctx.Done():
 		}
@@ -249,7 +265,9 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 		i.qmp, err = qmp.Connect(ctx, m.QMPSocket)
 		qmpDone <- err
 	}()
+	i.agentConn.mu.Lock()
 	agentErr := i.connectAgent(ctx)
+	i.agentConn.mu.Unlock()
 	if err := <-qmpDone; err != nil {
 		return wrap("connect QMP", err)
 	}
@@ -287,24 +305,30 @@ func (i *Instance) prepareStateDir(ctx context.Context) error {
 	return nil
 }
 
-// machine turns the Config into a QEMU command line description.
-func (i *Instance) machine() (*cmdline.Machine, error) {
+// resolve picks the accelerator and the transport the configuration asks
+// for ("auto" is decided by what the host has), logging why.
+func (i *Instance) resolve() (cmdline.Accel, transport.Kind) {
+	var accel cmdline.Accel
 	switch i.cfg.Accel {
 	case "kvm":
-		i.accel = cmdline.KVM
+		accel = cmdline.KVM
 	case "tcg":
-		i.accel = cmdline.TCG
+		accel = cmdline.TCG
 	default:
 		var why string
-		i.accel, why = DetectAccel()
+		accel, why = DetectAccel()
 		log.L.WithField("vm", i.cfg.ID).Info(why)
 	}
-	var why string
-	i.transport, why = transport.Resolve(i.cfg.Transport)
-	log.L.WithField("vm", i.cfg.ID).WithField("transport", i.transport).Debug(why)
+	kind, why := transport.Resolve(i.cfg.Transport)
+	log.L.WithField("vm", i.cfg.ID).WithField("transport", kind).Debug(why)
+	return accel, kind
+}
 
+// machine turns the Config into a QEMU command line description, with the
+// given accelerator and agent transport. It changes nothing.
+func (i *Instance) machine(accel cmdline.Accel, link agentLink) (*cmdline.Machine, error) {
 	kernel := cmdline.NewKernel(cmdline.DefaultKernelParams...)
-	kernel.Set("qemu_shim.transport", string(i.transport))
+	kernel.Set("qemu_shim.transport", string(link.kind()))
 	if i.cfg.Debug {
 		kernel.Set("qemu_shim.debug", "1")
 	}
@@ -312,7 +336,7 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 		return nil, fmt.Errorf("vm %s: %w: %w", i.cfg.ID, err, errdefs.ErrInvalidArgument)
 	}
 	m := &cmdline.Machine{
-		Accel:             i.accel,
+		Accel:             accel,
 		Firmware:          i.cfg.Firmware,
 		CPUs:              i.cfg.CPUs,
 		MaxCPUs:           i.cfg.MaxCPUs,
@@ -323,7 +347,7 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 		Kernel:            i.cfg.Kernel,
 		Initrd:            i.cfg.Initrd,
 		KernelCmdline:     kernel.String(),
-		ConsoleLog:        filepath.Join(i.stateDir, ConsoleLogName),
+		ConsoleFD:         consoleFD,
 		QMPSocket:         filepath.Join(i.stateDir, qmpSocketName),
 		OperatorQMPSocket: filepath.Join(i.stateDir, OperatorQMPSocketName),
 		PidFile:           filepath.Join(i.stateDir, PidFileName),
@@ -336,29 +360,16 @@ func (i *Instance) machine() (*cmdline.Machine, error) {
 		m.Disks = append(m.Disks, cmdline.Disk{ID: agentapi.ToolsDiskSerial, Serial: agentapi.ToolsDiskSerial, Path: i.cfg.Tools, ReadOnly: true})
 	}
 	for n, nic := range i.cfg.NICs {
-		// The taps are QEMU's descriptors 3, 4, ... (see openTaps).
-		m.NICs = append(m.NICs, cmdline.NIC{ID: nic.ID, FD: 3 + n, MAC: nic.MAC})
+		// The taps follow the console in QEMU's descriptors (see openTaps).
+		m.NICs = append(m.NICs, cmdline.NIC{ID: nic.ID, FD: firstTapFD + n, MAC: nic.MAC})
 	}
 	for _, d := range i.cfg.Disks {
 		m.Disks = append(m.Disks, cmdline.Disk{ID: d.ID, Serial: d.ID, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly})
 	}
-	switch i.transport {
-	case transport.VSock:
-		alloc := &vsock.CIDAllocator{Dir: filepath.Join(i.cfg.StateRoot, CIDLeaseDirName), Cooldown: 30 * time.Second}
-		lease, err := alloc.Allocate()
-		if err != nil {
-			return nil, fmt.Errorf("vm %s: %w", i.cfg.ID, err)
-		}
-		i.cidLease = lease
-		m.VsockCID = lease.CID
-	default:
-		m.AgentSocket = filepath.Join(i.stateDir, agentSocketName)
-		m.AgentPortName = serial.PortName
-	}
+	link.configure(m)
 	if i.cfg.Share != nil {
 		m.VirtiofsSocket, m.VirtiofsTag = filepath.Join(i.stateDir, virtiofsdSocketName), ShareTag
 	}
-	i.hp.init(i.cfg)
 	return m, nil
 }
 
@@ -384,35 +395,31 @@ func (i *Instance) CommandLine() ([]string, error) {
 	if err := i.state.require(i.cfg.ID, "show the command line", StateNew); err != nil {
 		return nil, err
 	}
-	m, err := i.machine()
-	if i.cidLease != nil {
-		i.cidLease.Release()
-		i.cidLease = nil
+	accel, kind := i.resolve()
+	link, err := i.newAgentLink(kind)
+	if err != nil {
+		return nil, err
 	}
+	defer link.release()
+	m, err := i.machine(accel, link)
 	if err != nil {
 		return nil, err
 	}
 	return m.Args()
 }
 
-// connectAgent brings up the transport and the TTRPC client.
+// connectAgent brings up the transport and the agent's TTRPC client. The
+// caller holds agentConn.mu.
 func (i *Instance) connectAgent(ctx context.Context) error {
-	switch i.transport {
-	case transport.VSock:
-		i.host = &vsock.Host{CID: i.cidLease.CID, Port: vsock.AgentPort}
-	default:
-		h, err := serial.Connect(ctx, filepath.Join(i.stateDir, agentSocketName))
-		if err != nil {
-			return err
-		}
-		i.host = h
-	}
-	c, err := i.dial(ctx, conn.KindTTRPC, "")
+	h, err := i.link.connect(ctx)
 	if err != nil {
 		return err
 	}
-	i.client = ttrpc.NewClient(c)
-	i.agent = agentapi.NewAgentClient(i.client)
+	i.host = h
+	if _, err := i.agentConn.getLocked(ctx, i, i.checkAgent); err != nil {
+		return err
+	}
+	i.agent = agentProxy{i}
 	return nil
 }
 
@@ -422,13 +429,14 @@ func (i *Instance) Reconnect(ctx context.Context) error {
 	if err := i.state.require(i.cfg.ID, "reconnect", StateRunning); err != nil {
 		return err
 	}
-	i.client.Close()
-	i.taskMu.Lock()
-	if i.taskClient != nil {
-		i.taskClient.Close()
-		i.taskClient = nil
-	}
-	i.taskMu.Unlock()
+	// Both connections are dialled on i.host: hold them off until the new
+	// one is up.
+	i.tasks.mu.Lock()
+	defer i.tasks.mu.Unlock()
+	i.agentConn.mu.Lock()
+	defer i.agentConn.mu.Unlock()
+	i.tasks.closeLocked()
+	i.agentConn.closeLocked()
 	i.host.Close()
 	if err := i.connectAgent(ctx); err != nil {
 		return fmt.Errorf("vm %s: reconnect: %w", i.cfg.ID, err)
@@ -446,8 +454,7 @@ func (i *Instance) watchExit() {
 	}
 	ctx := context.Background()
 	log.G(ctx).WithField("vm", i.cfg.ID).WithField("status", i.proc.describe()).Warn("QEMU exited unexpectedly")
-	if i.state.get() == StateRunning {
-		i.state.v.Store(int32(StateShutdown))
+	if i.state.transition(i.cfg.ID, "notice QEMU's exit", StateRunning, StateShutdown) == nil {
 		i.cleanup(ctx)
 	}
 }
@@ -506,40 +513,25 @@ func (i *Instance) Shutdown(ctx context.Context) error {
 func (i *Instance) cleanup(ctx context.Context) {
 	i.cleanupOnce.Do(func() {
 		defer close(i.cleanupDone)
-		if i.client != nil {
-			i.client.Close()
-		}
-		i.taskMu.Lock()
-		if i.taskClient != nil {
-			i.taskClient.Close()
-		}
-		i.taskMu.Unlock()
+		i.agentConn.close()
+		i.closeTaskClient()
 		if i.host != nil {
 			i.host.Close()
 		}
 		if i.qmp != nil {
 			i.qmp.Close()
 		}
-		if i.cidLease != nil {
-			i.cidLease.Release()
+		if i.link != nil {
+			i.link.release()
 		}
 		i.stopVirtiofsd()
+		if i.console != nil {
+			i.console.stop()
+		}
 		if err := mountutil.RemoveAll(i.stateDir); err != nil {
 			log.G(ctx).WithError(err).WithField("vm", i.cfg.ID).Warn("remove state directory")
 		}
 	})
-}
-
-// consoleTail returns the end of the console log, to explain a failed boot.
-func (i *Instance) consoleTail() string {
-	b, err := os.ReadFile(filepath.Join(i.stateDir, ConsoleLogName))
-	if err != nil || len(b) == 0 {
-		return ""
-	}
-	if len(b) > 2048 {
-		b = b[len(b)-2048:]
-	}
-	return "; console: " + strings.TrimSpace(string(b))
 }
 
 var (

@@ -106,25 +106,22 @@ func (i *Instance) AttachNIC(ctx context.Context, n NIC) error {
 		}
 		defer tap.Close() // QEMU has its own copy once getfd returns
 	}
-	fdName, netdev := "fd-"+n.ID, "net-"+n.ID
-	if err := i.qmp.RunWithFile(ctx, "getfd", map[string]any{"fdname": fdName}, nil, tap); err != nil {
+	fd, netdev := "fd-"+n.ID, "net-"+n.ID
+	if err := i.qmp.RunWithFile(ctx, "getfd", fdName{FDName: fd}, nil, tap); err != nil {
 		return fmt.Errorf("vm %s: pass tap %s to QEMU: %w", i.cfg.ID, n.Tap, err)
 	}
-	undo := func(cmd string, args map[string]any) {
+	undo := func(cmd string, args any) {
 		if err := i.qmp.Run(context.WithoutCancel(ctx), cmd, args, nil); err != nil {
 			log.G(ctx).WithError(err).WithField("command", cmd).Warn("undo after failed attach")
 		}
 	}
-	if err := i.qmp.Run(ctx, "netdev_add", map[string]any{"type": "tap", "id": netdev, "fd": fdName}, nil); err != nil {
-		undo("closefd", map[string]any{"fdname": fdName})
+	if err := i.qmp.Run(ctx, "netdev_add", tapNetdevAdd{Type: "tap", ID: netdev, FD: fd}, nil); err != nil {
+		undo("closefd", fdName{FDName: fd})
 		return fmt.Errorf("vm %s: tap backend for %s: %w", i.cfg.ID, n.Tap, err)
 	}
-	dev := map[string]any{"driver": "virtio-net-pci", "id": n.ID, "netdev": netdev, "bus": cmdline.HotplugPortName(port)}
-	if n.MAC != "" {
-		dev["mac"] = n.MAC
-	}
+	dev := nicDeviceAdd{Driver: "virtio-net-pci", ID: n.ID, Netdev: netdev, Bus: cmdline.HotplugPortName(port), MAC: n.MAC}
 	if err := i.qmp.Run(ctx, "device_add", dev, nil); err != nil {
-		undo("netdev_del", map[string]any{"id": netdev})
+		undo("netdev_del", netdevDel{ID: netdev})
 		return fmt.Errorf("vm %s: plug network card %s: %w", i.cfg.ID, n.ID, err)
 	}
 	i.hp.ports[port] = n.ID
@@ -146,7 +143,7 @@ func (i *Instance) DetachNIC(ctx context.Context, id string) error {
 		return err
 	}
 	i.hp.ports[port] = ""
-	if err := i.qmp.Run(ctx, "netdev_del", map[string]any{"id": "net-" + id}, nil); err != nil {
+	if err := i.qmp.Run(ctx, "netdev_del", netdevDel{ID: "net-" + id}, nil); err != nil {
 		return fmt.Errorf("vm %s: remove tap backend of %s: %w", i.cfg.ID, id, err)
 	}
 	return nil

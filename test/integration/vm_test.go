@@ -376,3 +376,22 @@ func TestVirtioMem(t *testing.T) {
 		t.Errorf("beyond the virtio-mem size: got %v", err)
 	}
 }
+
+// The console reaches console.log through the shim (which bounds it), and
+// its tail outlives the VM.
+func TestConsoleLog(t *testing.T) {
+	t.Parallel()
+	inst := bootVM(t, func(c *vm.Config) { c.KernelParams = []string{"ignore_loglevel"} })
+	ctx := testContext(t)
+	if b, err := os.ReadFile(filepath.Join(inst.StateDir(), vm.ConsoleLogName)); err != nil || !strings.Contains(string(b), "Linux version") {
+		t.Errorf("console.log has no kernel banner (%v): %.200q", err, b)
+	}
+	pid := inst.Pid()
+	if err := inst.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, inst, pid)
+	if tail := inst.ConsoleTail(vm.ConsoleTailBytes); len(tail) == 0 || len(tail) > vm.ConsoleTailBytes {
+		t.Errorf("console tail of %d bytes after shutdown", len(tail))
+	}
+}

@@ -10,7 +10,7 @@ func base() Machine {
 	return Machine{
 		Accel: TCG, CPUs: 1, MaxCPUs: 4, MemoryMiB: 512, MaxMemoryMiB: 2048, MemorySlots: 4,
 		Kernel: "/k/vmlinux", Initrd: "/k/initrd", KernelCmdline: "console=ttyS0 quiet",
-		ConsoleLog: "/run/x/console.log", QMPSocket: "/run/x/qmp.sock", AgentSocket: "/run/x/agent.sock",
+		ConsoleFD: 3, QMPSocket: "/run/x/qmp.sock", AgentSocket: "/run/x/agent.sock",
 		AgentPortName: "org.test.0", Firmware: "/usr/share/qemu/qboot.rom",
 	}
 }
@@ -39,7 +39,7 @@ func TestArgs(t *testing.T) {
 			{"-kernel", "/k/vmlinux"}, {"-initrd", "/k/initrd"}, {"-append", "console=ttyS0 quiet"},
 			{"-bios", "/usr/share/qemu/qboot.rom"},
 			{"-qmp", "unix:/run/x/qmp.sock,server=on,wait=off"},
-			{"-chardev", "file,id=console,path=/run/x/console.log"}, {"-serial", "chardev:console"},
+			{"-chardev", "socket,id=console,fd=3"}, {"-serial", "chardev:console"},
 			{"-chardev", "socket,id=agent,path=/run/x/agent.sock,server=on,wait=off"},
 			{"-device", "virtserialport,chardev=agent,name=org.test.0"},
 		}, []string{"-cpu", "-sandbox"}},
@@ -53,8 +53,8 @@ func TestArgs(t *testing.T) {
 			{"-blockdev", "driver=raw,node-name=drv-d0,file=file-d0,read-only=on"},
 			{"-device", "virtio-blk-pci,id=d0,drive=drv-d0,serial=root"},
 		}, nil},
-		{"nic", func(m *Machine) { m.NICs = []NIC{{ID: "eth0", FD: 3, MAC: "02:00:00:00:00:01"}} }, [][2]string{
-			{"-netdev", "tap,id=net-eth0,fd=3"}, {"-device", "virtio-net-pci,id=eth0,netdev=net-eth0,mac=02:00:00:00:00:01"},
+		{"nic", func(m *Machine) { m.NICs = []NIC{{ID: "eth0", FD: 4, MAC: "02:00:00:00:00:01"}} }, [][2]string{
+			{"-netdev", "tap,id=net-eth0,fd=4"}, {"-device", "virtio-net-pci,id=eth0,netdev=net-eth0,mac=02:00:00:00:00:01"},
 		}, nil},
 		{"hotplug ports", func(m *Machine) { m.HotplugPorts = 2 }, [][2]string{
 			{"-device", "pcie-root-port,id=hp0,chassis=1,slot=1"}, {"-device", "pcie-root-port,id=hp1,chassis=2,slot=2"},

@@ -48,8 +48,11 @@ type Machine struct {
 
 	Kernel, Initrd, KernelCmdline string
 
-	ConsoleLog string
-	QMPSocket  string
+	// ConsoleFD, when set, is an inherited descriptor of a connected
+	// stream socket that the guest's serial console (ttyS0) is written to;
+	// whoever holds the other end bounds what it keeps.
+	ConsoleFD int
+	QMPSocket string
 	// OperatorQMPSocket, when set, is a second QMP monitor for operators'
 	// tools, so that they never take the driver's.
 	OperatorQMPSocket string
@@ -119,6 +122,8 @@ func (m *Machine) Validate() error {
 		return errors.New("no kernel")
 	case m.VirtiofsSocket != "" && !m.SharedMemory:
 		return errors.New("virtio-fs needs the guest's memory shared")
+	case m.ConsoleFD < 0 || m.ConsoleFD > 0 && m.ConsoleFD < 3:
+		return fmt.Errorf("console descriptor %d: want an inherited one (3 or more)", m.ConsoleFD)
 	case m.QMPSocket == "":
 		return errors.New("no QMP socket")
 	case (m.AgentSocket == "") == (m.VsockCID == 0):
@@ -181,8 +186,8 @@ func (m *Machine) Args() ([]string, error) {
 	if m.KernelCmdline != "" {
 		a = append(a, "-append", m.KernelCmdline)
 	}
-	if m.ConsoleLog != "" {
-		a = append(a, "-chardev", "file,id=console,path="+escape(m.ConsoleLog), "-serial", "chardev:console")
+	if m.ConsoleFD != 0 {
+		a = append(a, "-chardev", fmt.Sprintf("socket,id=console,fd=%d", m.ConsoleFD), "-serial", "chardev:console")
 	} else {
 		a = append(a, "-serial", "none")
 	}

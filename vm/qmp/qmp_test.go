@@ -2,81 +2,32 @@ package qmp
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/qemu-shim/qemu-shim/vm/qmp/qmptest"
 )
 
-// fakeQEMU is a QMP peer speaking the protocol on a Unix socket: the
-// greeting, capabilities, scripted replies, and events on demand.
-type fakeQEMU struct {
-	l       net.Listener
-	replies map[string]string // command → JSON reply line
-	events  chan string
-	stall   string // a command that never gets a reply
-}
-
-func startFake(t *testing.T) (*fakeQEMU, string) {
+func connect(t *testing.T, ctx context.Context, s *qmptest.Server) *Monitor {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "qmp.sock")
-	l, err := net.Listen("unix", path)
+	m, err := Connect(ctx, s.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeQEMU{l: l, replies: map[string]string{}, events: make(chan string, 4)}
-	t.Cleanup(func() { l.Close() })
-	go f.serve()
-	return f, path
-}
-
-func (f *fakeQEMU) serve() {
-	c, err := f.l.Accept()
-	if err != nil {
-		return
-	}
-	defer c.Close()
-	w := func(s string) { c.Write([]byte(s + "\r\n")) }
-	w(`{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": ["oob"]}}`)
-	go func() {
-		for e := range f.events {
-			w(e)
-		}
-	}()
-	// Commands are JSON values, not lines (QEMU needs no newline).
-	dec := json.NewDecoder(c)
-	for {
-		var req struct {
-			Execute string `json:"execute"`
-		}
-		if err := dec.Decode(&req); err != nil {
-			return
-		}
-		switch {
-		case req.Execute == "qmp_capabilities":
-			w(`{"return": {}}`)
-		case req.Execute == f.stall:
-		case f.replies[req.Execute] != "":
-			w(f.replies[req.Execute])
-		default:
-			w(`{"error": {"class": "CommandNotFound", "desc": "The command ` + req.Execute + ` has not been found"}}`)
-		}
-	}
+	t.Cleanup(func() { m.Close() })
+	return m
 }
 
 func TestRunDecodesRepliesAndErrors(t *testing.T) {
-	f, path := startFake(t)
-	f.replies["query-hotpluggable-cpus"] = `{"return": [{"type": "qemu64-x86_64-cpu", "vcpus-count": 1, "props": {"core-id": 1}}]}`
+	s := qmptest.New(t)
+	s.Return("query-hotpluggable-cpus", []map[string]any{{"type": "qemu64-x86_64-cpu", "vcpus-count": 1, "props": map[string]int{"core-id": 1}}})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	m, err := Connect(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := connect(t, ctx, s)
 	var cpus []struct {
 		Type  string         `json:"type"`
 		Props map[string]any `json:"props"`
@@ -87,22 +38,51 @@ func TestRunDecodesRepliesAndErrors(t *testing.T) {
 	if len(cpus) != 1 || cpus[0].Type != "qemu64-x86_64-cpu" {
 		t.Errorf("decoded %+v", cpus)
 	}
-	err = m.Run(ctx, "no-such-command", nil, nil)
+	err := m.Run(ctx, "no-such-command", nil, nil)
 	var qerr *Error
 	if !errors.As(err, &qerr) || !strings.Contains(err.Error(), "no-such-command") {
 		t.Errorf("QEMU's error: got %v", err)
 	}
+	if got := s.Commands(); strings.Join(got, " ") != "query-hotpluggable-cpus no-such-command" {
+		t.Errorf("recorded %v", got)
+	}
 }
 
-func TestRunTimesOut(t *testing.T) {
-	f, path := startFake(t)
-	f.stall = "device_del"
-	ctx := context.Background()
-	m, err := Connect(ctx, path)
+func TestRunPassesArgumentsAndFiles(t *testing.T) {
+	s := qmptest.New(t)
+	s.Return("getfd", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	m := connect(t, ctx, s)
+	f, err := os.Open(os.DevNull)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
+	defer f.Close()
+	if err := m.RunWithFile(ctx, "getfd", struct {
+		FDName string `json:"fdname"`
+	}{"tap0"}, nil, f); err != nil {
+		t.Fatal(err)
+	}
+	calls := s.Calls()
+	var args struct {
+		FDName string `json:"fdname"`
+	}
+	if len(calls) != 1 || calls[0].FDs != 1 || calls[0].Decode(&args) != nil || args.FDName != "tap0" {
+		t.Errorf("recorded %+v", calls)
+	}
+}
+
+func TestRunTimesOut(t *testing.T) {
+	s := qmptest.New(t)
+	unblock := make(chan struct{})
+	t.Cleanup(func() { close(unblock) }) // before the server closes
+	s.Handle("device_del", func(qmptest.Call) qmptest.Reply {
+		<-unblock
+		return qmptest.Reply{}
+	})
+	ctx := context.Background()
+	m := connect(t, ctx, s)
 	tctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
 	if err := m.Run(tctx, "device_del", map[string]string{"id": "x"}, nil); !errors.Is(err, context.DeadlineExceeded) {
@@ -111,28 +91,42 @@ func TestRunTimesOut(t *testing.T) {
 }
 
 func TestEventsReachSubscribers(t *testing.T) {
-	f, path := startFake(t)
+	s := qmptest.New(t)
+	s.Handle("device_del", func(c qmptest.Call) qmptest.Reply {
+		return qmptest.Reply{Events: []qmptest.Event{
+			{Name: "DEVICE_DELETED", Data: map[string]string{"device": "other"}},
+			{Name: "DEVICE_DELETED", Data: map[string]string{"device": "disk1"}},
+		}}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	m, err := Connect(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := connect(t, ctx, s)
 	events, unsubscribe := m.Subscribe()
 	defer unsubscribe()
-	f.events <- `{"event": "DEVICE_DELETED", "data": {"device": "other"}, "timestamp": {"seconds": 1, "microseconds": 0}}`
-	f.events <- `{"event": "DEVICE_DELETED", "data": {"device": "disk1"}, "timestamp": {"seconds": 2, "microseconds": 0}}`
+	before := time.Now().Add(-time.Second)
+	if err := m.Run(ctx, "device_del", map[string]string{"id": "disk1"}, nil); err != nil {
+		t.Fatal(err)
+	}
 	e, err := WaitEvent(ctx, events, func(e Event) bool { return e.Name == "DEVICE_DELETED" && e.Data["device"] == "disk1" })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Timestamp.Unix() != 2 {
+	if e.Timestamp.Before(before) {
 		t.Errorf("timestamp %v", e.Timestamp)
 	}
+	s.Emit(qmptest.Event{Name: "SHUTDOWN"})
+	if e, err := WaitEvent(ctx, events, func(e Event) bool { return true }); err != nil || e.Name != "SHUTDOWN" {
+		t.Errorf("an emitted event: %v, %v", e, err)
+	}
 	// When QEMU goes away, waiters return.
-	m.Close()
+	s.Close()
 	if _, err := WaitEvent(ctx, events, func(Event) bool { return false }); err == nil {
 		t.Error("waiting on a closed monitor did not end")
+	}
+	select {
+	case <-m.Closed():
+	case <-ctx.Done():
+		t.Error("Closed not closed when QEMU went away")
 	}
 }
 

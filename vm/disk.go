@@ -1,0 +1,94 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	"github.com/qemu-shim/qemu-shim/vm/cmdline"
+)
+
+// AttachDisk hot-plugs a disk image as a SCSI disk (LUN 0 of the lowest
+// free target of the VM's virtio-scsi controller); the guest finds it by
+// d.ID as serial (VPD page 0x80).
+func (i *Instance) AttachDisk(ctx context.Context, d Disk) error {
+	if err := i.state.require(i.cfg.ID, "attach a disk", StateRunning); err != nil {
+		return err
+	}
+	if err := i.cfg.checkDisk(&d); err != nil {
+		return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
+	}
+	i.hp.mu.Lock()
+	defer i.hp.mu.Unlock()
+	if _, ok := i.hp.disks[d.ID]; ok || slices.Contains(i.hp.ports, d.ID) {
+		return fmt.Errorf("vm %s: device %s: %w", i.cfg.ID, d.ID, errdefs.ErrAlreadyExists)
+	}
+	target := slices.Index(i.hp.targets, "")
+	if target < 0 {
+		return fmt.Errorf("vm %s: all %d disk targets of the SCSI controller are in use: %w", i.cfg.ID, len(i.hp.targets), errdefs.ErrResourceExhausted)
+	}
+	format := d.Format
+	if format == "" {
+		format = "raw"
+	}
+	fileNode, drvNode := "file-"+d.ID, "drv-"+d.ID
+	if err := i.qmp.Run(ctx, "blockdev-add", blockdevAdd{Driver: "file", NodeName: fileNode, Filename: d.Path, ReadOnly: d.ReadOnly}, nil); err != nil {
+		return fmt.Errorf("vm %s: open disk %s: %w", i.cfg.ID, d.Path, err)
+	}
+	undo := func(nodes ...string) {
+		for _, n := range nodes {
+			if err := i.qmp.Run(context.WithoutCancel(ctx), "blockdev-del", blockdevDel{NodeName: n}, nil); err != nil {
+				log.G(ctx).WithError(err).WithField("node", n).Warn("remove block node after failed attach")
+			}
+		}
+	}
+	if err := i.qmp.Run(ctx, "blockdev-add", blockdevAdd{Driver: format, NodeName: drvNode, File: fileNode, ReadOnly: d.ReadOnly}, nil); err != nil {
+		undo(fileNode)
+		return fmt.Errorf("vm %s: disk %s as %s: %w", i.cfg.ID, d.Path, format, err)
+	}
+	if err := i.qmp.Run(ctx, "device_add", scsiDiskAdd{
+		Driver: "scsi-hd", ID: d.ID, Drive: drvNode, Serial: d.ID,
+		Bus: cmdline.ScsiControllerID + ".0", Channel: 0, SCSIID: target, LUN: 0,
+	}, nil); err != nil {
+		undo(drvNode, fileNode)
+		return fmt.Errorf("vm %s: plug disk %s: %w", i.cfg.ID, d.ID, err)
+	}
+	i.hp.targets[target] = d.ID
+	i.hp.disks[d.ID] = target
+	return nil
+}
+
+// DetachDisk unplugs a disk, waits for the guest to release it and closes
+// the image in QEMU.
+func (i *Instance) DetachDisk(ctx context.Context, id string) error {
+	if err := i.state.require(i.cfg.ID, "detach a disk", StateRunning); err != nil {
+		return err
+	}
+	i.hp.mu.Lock()
+	defer i.hp.mu.Unlock()
+	target, ok := i.hp.disks[id]
+	if !ok {
+		return fmt.Errorf("vm %s: disk %s: %w", i.cfg.ID, id, errdefs.ErrNotFound)
+	}
+	if err := i.unplug(ctx, id); err != nil {
+		return err
+	}
+	delete(i.hp.disks, id)
+	if target >= 0 {
+		i.hp.targets[target] = ""
+	}
+	var errs []error
+	for _, n := range []string{"drv-" + id, "file-" + id} {
+		if err := i.qmp.Run(ctx, "blockdev-del", blockdevDel{NodeName: n}, nil); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("vm %s: close disk %s: %w", i.cfg.ID, id, err)
+	}
+	return nil
+}
