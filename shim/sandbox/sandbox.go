@@ -61,8 +61,10 @@ type Sandbox interface {
 	Done() <-chan struct{}
 	// ExitStatus says how the VM ended, once it has.
 	ExitStatus() string
-	// Stop ends the VM and releases everything it held.
+	// Stop ends the VM and releases everything it held; Kill does so at
+	// once, without asking a guest that may not answer.
 	Stop(ctx context.Context) error
+	Kill(ctx context.Context) error
 }
 
 // Spec is what a sandbox boots with.

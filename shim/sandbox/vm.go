@@ -139,11 +139,16 @@ func (v *VM) running() bool { return v.inst.State() == vm.StateRunning }
 
 // Stop shuts the VM down and unwires its network; the share's entries go
 // with the VM's state directory.
-func (v *VM) Stop(ctx context.Context) error {
+func (v *VM) Stop(ctx context.Context) error { return v.end(ctx, v.inst.Shutdown) }
+
+// Kill ends the VM at once, without asking the guest.
+func (v *VM) Kill(ctx context.Context) error { return v.end(ctx, v.inst.Kill) }
+
+func (v *VM) end(ctx context.Context, how func(context.Context) error) error {
 	v.stopOnce.Do(func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
-		v.stopErr = v.inst.Shutdown(sctx)
+		v.stopErr = how(sctx)
 		v.netMu.Lock()
 		if v.net != nil {
 			v.unwire(sctx, v.net)

@@ -150,6 +150,7 @@ func (f *fakeSandbox) Stop(ctx context.Context) error {
 	f.stop.Do(func() { close(f.done) })
 	return nil
 }
+func (f *fakeSandbox) Kill(ctx context.Context) error { return f.Stop(ctx) }
 
 type fakeStream struct {
 	taskAPI.TTRPCTaskService

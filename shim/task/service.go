@@ -251,7 +251,7 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Em
 		return resp, toGRPC(err)
 	}
 	log.G(ctx).WithError(err).WithField("container", r.ID).Warn("the guest did not answer a SIGKILL of the VM's last container: ending the VM")
-	if err := sb.Stop(ctx); err != nil {
+	if err := sb.Kill(ctx); err != nil {
 		log.G(ctx).WithError(err).Warn("end the VM")
 	}
 	<-s.vmReported(sb)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -330,6 +332,48 @@ func TestTwoContainersAtOnce(t *testing.T) {
 	}
 }
 
+// The churn test's size: CI runs a few; a soak runs, say,
+// -churn=500 -churn-parallel=8 (with -timeout to match).
+var (
+	churnCount    = flag.Int("churn", 6, "containers TestChurn creates and deletes")
+	churnParallel = flag.Int("churn-parallel", 3, "how many at a time")
+)
+
+// TestChurn creates, runs and deletes containers, several at a time, and
+// checks that each ran and that nothing is left once they are gone:
+// processes, shim sockets, taps, mounts, state directories.
+func TestChurn(t *testing.T) {
+	requireEnv(t)
+	n, par := *churnCount, max(*churnParallel, 1)
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), ctrd.Namespace),
+		3*time.Minute+time.Duration((n+par-1)/par)*time.Minute)
+	defer cancel()
+	began := time.Now()
+	sem := make(chan struct{}, par)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			id := fmt.Sprintf("churn%d", i)
+			c := mustContainer(ctx, t, id, "echo", id)
+			if status, out := c.finish(ctx); status != 0 || out != id+"\n" {
+				t.Errorf("%s: exit %d, output %q", id, status, out)
+			}
+			if err := c.container.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
+				t.Errorf("%s: delete: %v", id, err)
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d containers, %d at a time, in %v", n, par, time.Since(began).Round(time.Second))
+	if l := leftovers(); len(l) > 0 {
+		t.Errorf("left behind after %d containers came and went:\n%s", n, strings.Join(l, "\n"))
+	}
+}
+
 func TestBadInputGivesClearErrors(t *testing.T) {
 	ctx := requireEnv(t)
 	_, err := newContainer(ctx, t, "badannotation", nil, false, oci.WithProcessArgs("true"), oci.WithAnnotations(map[string]string{"io.qemu-shim.vm.cpus": "lots"}))
@@ -461,6 +505,63 @@ func TestQEMUCrash(t *testing.T) {
 	}
 	if status, _ := c.finish(ctx); status != 137 {
 		t.Errorf("exit %d after the VM died, want 137", status)
+	}
+}
+
+// TestOOMKilled: a process that allocates without end under a memory
+// limit is killed, and the exit is reported promptly, as with runc: 137
+// and an OOM event. Each runtime gets the same limit and program.
+func TestOOMKilled(t *testing.T) {
+	ctx := requireEnv(t)
+	for _, rt := range []string{runtimeName, "io.containerd.runc.v2"} {
+		id := "oom-" + strings.ReplaceAll(rt, ".", "-")
+		sctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		ooms, errs := env.client.Subscribe(sctx, `topic=="/tasks/oom"`)
+		began := time.Now()
+		c, err := newContainerOn(ctx, t, rt, id, nil, false,
+			oci.WithProcessArgs("tail", "/dev/zero"), oci.WithMemoryLimit(128<<20))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.task.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if status, _ := c.finish(ctx); status != 137 {
+			t.Errorf("%s: exit %d, want 137 (killed by the OOM killer)", rt, status)
+		}
+		t.Logf("%s: OOM kill reported %v after create", rt, time.Since(began).Round(time.Millisecond))
+		select {
+		case e := <-ooms:
+			t.Logf("%s: OOM event %s", rt, e.Topic)
+		case err := <-errs:
+			t.Errorf("%s: event subscription: %v", rt, err)
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s: no /tasks/oom event", rt)
+		}
+	}
+}
+
+// TestHungGuest: a guest that no longer answers (its QEMU stopped, as a
+// hung kernel would leave it) does not leave the task stuck: a SIGKILL
+// ends the VM, containerd sees 137, and deleting the task
+// works and leaves nothing.
+func TestHungGuest(t *testing.T) {
+	ctx := requireEnv(t)
+	c := mustContainer(ctx, t, "vmhung", "sleep", "1000")
+	qemu := pidOf(t, "qemu-system.*"+vmDir("vmhung")+"/")
+	if err := syscall.Kill(qemu, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.task.Kill(ctx, syscall.SIGKILL); err != nil {
+		syscall.Kill(qemu, syscall.SIGCONT)
+		t.Fatalf("SIGKILL of a hung guest's container: %v", err)
+	}
+	if status, _ := c.finish(ctx); status != 137 {
+		t.Errorf("exit %d after SIGKILL of a hung guest's container, want 137", status)
+	}
+	if err := syscall.Kill(qemu, 0); err == nil {
+		t.Errorf("the hung guest's QEMU (pid %d) is still there", qemu)
 	}
 }
 
