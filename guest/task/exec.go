@@ -70,15 +70,16 @@ func (s *Service) startExec(ctx context.Context, c *container, p *process) (int,
 		pio.close()
 		return 0, err
 	}
+	if err := pio.start(ctx); err != nil {
+		// Killed, and its exit left for the reaper: no start is reported.
+		unix.Kill(pid, unix.SIGKILL)
+		pio.close()
+		return 0, err
+	}
 	p.io = pio
 	p.mu.Lock()
 	p.state = procRunning
+	p.pid = pid
 	p.mu.Unlock()
-	s.register(p, pid)
-	if err := pio.start(ctx); err != nil {
-		unix.Kill(pid, unix.SIGKILL)
-		s.released(p)
-		return 0, err
-	}
 	return pid, nil
 }

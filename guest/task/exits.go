@@ -11,59 +11,54 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// register makes a pid known while its start event is not yet out.
-func (s *Service) register(p *process, pid int) {
+// preStart prepares for a process to be started (runc create, runc
+// exec): every exit reaped from now on is kept for it, so that one that
+// comes before its pid is known is not lost. handleStarted, called once
+// the start's event is out, hands the process the exits of its pid (it
+// exited already: its exit is reported now, after the start) or waits for
+// them; cleanup drops the subscription of a start that failed. This is
+// the runc shim's preStart.
+func (s *Service) preStart() (handleStarted func(p *process, pid int), cleanup func()) {
+	exits := map[int][]runc.Exit{}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	p.mu.Lock()
-	p.pid = pid
-	p.starting = true
-	if e, ok := s.early[pid]; ok {
-		p.pendingExit = &e
-		delete(s.early, pid)
+	s.exitSubscribers[&exits] = struct{}{}
+	s.mu.Unlock()
+	handleStarted = func(p *process, pid int) {
+		s.mu.Lock()
+		delete(s.exitSubscribers, &exits)
+		p.mu.Lock()
+		p.pid = pid
+		p.mu.Unlock()
+		ees, exited := exits[pid]
+		if !exited {
+			s.running[pid] = append(s.running[pid], p)
+		}
+		s.mu.Unlock()
+		for _, e := range ees {
+			go s.handleExit(p, e)
+		}
 	}
-	p.mu.Unlock()
-	s.byPid[pid] = p
+	cleanup = func() {
+		s.mu.Lock()
+		delete(s.exitSubscribers, &exits)
+		s.mu.Unlock()
+	}
+	return handleStarted, cleanup
 }
 
-// released lets exits of p through, handling one that came meanwhile.
-func (s *Service) released(p *process) {
-	p.mu.Lock()
-	p.starting = false
-	e := p.pendingExit
-	p.pendingExit = nil
-	p.mu.Unlock()
-	if e != nil {
-		go s.handleExit(p, *e)
-	}
-}
-
-// exitLoop matches every reaped exit to its process.
+// exitLoop matches every reaped exit to the processes started with its
+// pid, and hands it to every start under way. An exit nobody waits for
+// (a process the guest reaped as subreaper) is dropped.
 func (s *Service) exitLoop(ctx context.Context, exits chan runc.Exit) {
 	for e := range exits {
 		s.mu.Lock()
-		p, ok := s.byPid[e.Pid]
-		if !ok {
-			// Perhaps runc has not told us the pid yet; keep it a while.
-			s.early[e.Pid] = e
-			for pid, old := range s.early {
-				if time.Since(old.Timestamp) > time.Minute {
-					delete(s.early, pid)
-				}
-			}
-			s.mu.Unlock()
-			continue
+		for sub := range s.exitSubscribers {
+			(*sub)[e.Pid] = append((*sub)[e.Pid], e)
 		}
-		delete(s.byPid, e.Pid)
-		p.mu.Lock()
-		held := p.starting
-		if held {
-			e := e
-			p.pendingExit = &e
-		}
-		p.mu.Unlock()
+		ps := s.running[e.Pid]
+		delete(s.running, e.Pid)
 		s.mu.Unlock()
-		if !held {
+		for _, p := range ps {
 			go s.handleExit(p, e)
 		}
 	}
@@ -98,10 +93,14 @@ func (s *Service) handleExit(p *process, e runc.Exit) {
 	})
 }
 
-// isInit says whether pid is the init of one of the containers.
+// isInit says whether pid is the running init of one of the containers.
 func (s *Service) isInit(pid int) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p, ok := s.byPid[pid]
-	return ok && p.execID == ""
+	for _, p := range s.running[pid] {
+		if p.execID == "" {
+			return true
+		}
+	}
+	return false
 }

@@ -85,7 +85,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	p.io = pio
 	c.init = p
 	pidFile := filepath.Join(c.bundle, "init.pid")
+	handleStarted, cleanup := s.preStart()
 	if err := s.runcFor(c).Create(ctx, r.ID, c.bundle, &runc.CreateOpts{IO: pio.runcIO(), ConsoleSocket: pio.consoleSocket(), PidFile: pidFile}); err != nil {
+		cleanup()
 		pio.close()
 		return nil, runcError(c, "create", err)
 	}
@@ -94,6 +96,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		err = pio.start(ctx)
 	}
 	if err != nil {
+		cleanup()
 		s.runcFor(c).Delete(context.WithoutCancel(ctx), r.ID, &runc.DeleteOpts{Force: true})
 		pio.close()
 		return nil, err
@@ -103,12 +106,14 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	c.watchOOM(context.WithoutCancel(ctx), s.publish)
 
-	s.register(p, pid)
+	p.mu.Lock()
+	p.pid = pid
+	p.mu.Unlock()
 	s.publish(topicCreate, &eventstypes.TaskCreate{
 		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Pid: uint32(pid), Checkpoint: r.Checkpoint,
 		IO: &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 	})
-	s.released(p)
+	handleStarted(p, pid)
 	return &taskAPI.CreateTaskResponse{Pid: uint32(pid)}, nil
 }
 
@@ -136,12 +141,14 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if c.init.getState() != procRunning {
 		return nil, fmt.Errorf("cannot start an exec in a %s container: %w", c.init.getState(), errdefs.ErrFailedPrecondition)
 	}
+	handleStarted, cleanup := s.preStart()
 	pid, err := s.startExec(ctx, c, p)
 	if err != nil {
+		cleanup()
 		return nil, err
 	}
 	s.publish(topicExecStarted, &eventstypes.TaskExecStarted{ContainerID: r.ID, ExecID: r.ExecID, Pid: uint32(pid)})
-	s.released(p)
+	handleStarted(p, pid)
 	return &taskAPI.StartResponse{Pid: uint32(pid)}, nil
 }
 

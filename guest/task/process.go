@@ -7,7 +7,6 @@ import (
 
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
-	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -38,10 +37,6 @@ type process struct {
 	pid        int
 	exitStatus uint32
 	exitedAt   time.Time
-	// starting holds an exit back until Start (or Create) has published
-	// its event, so that the exit is never reported first.
-	starting    bool
-	pendingExit *runc.Exit
 	exited      chan struct{}
 }
 

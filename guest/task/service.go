@@ -54,10 +54,11 @@ type Service struct {
 
 	mu         sync.Mutex
 	containers map[string]*container
-	byPid      map[int]*process
-	// early holds exits of pids not (yet) known: a process may exit before
-	// runc has told us its pid.
-	early map[int]runc.Exit
+	// running holds the started processes whose exits are awaited, by
+	// pid; exitSubscribers collect the exits reaped while a process is
+	// being started, before its pid is known (see preStart).
+	running         map[int][]*process
+	exitSubscribers map[*map[int][]runc.Exit]struct{}
 }
 
 var _ taskAPI.TTRPCTaskService = (*Service)(nil)
@@ -70,8 +71,8 @@ func New(ctx context.Context, cfg Config) *Service {
 		cfg:        cfg,
 		runc:       &runc.Runc{Command: cfg.Runc, Root: filepath.Join(cfg.Root, ".runc"), Log: filepath.Join(cfg.Root, ".runc.log"), LogFormat: runc.JSON, PdeathSignal: unix.SIGKILL},
 		containers: map[string]*container{},
-		byPid:      map[int]*process{},
-		early:      map[int]runc.Exit{},
+		running:         map[int][]*process{},
+		exitSubscribers: map[*map[int][]runc.Exit]struct{}{},
 	}
 	go s.exitLoop(ctx, reaper.Default.Subscribe())
 	return s
