@@ -13,13 +13,17 @@ TEST_FLAGS ?=
 # containerd's Go module.
 CONTAINERD_VERSION := v2.4.2
 CONTAINERD_BIN     := build/containerd-bin
+# Debian 12's containerd 1.6, for the compatibility tests (test/compat):
+# downloaded and unpacked into build/, never installed (the package brings
+# a service and Debian's runc).
+CONTAINERD16_DIR   := build/containerd-1.6
 
 export GUEST_KERNEL_PACKAGE
 export GOFLAGS := -buildvcs=false
 
 GO_SOURCES := $(shell find . -name '*.go' -not -path './build/*') go.mod go.sum
 
-.PHONY: install quickstart all binaries containerd guest deps clients test unit-test integration-test bench check proto clean help
+.PHONY: install quickstart all binaries containerd containerd16 guest deps clients test unit-test integration-test bench check proto clean help
 
 all: binaries
 
@@ -27,6 +31,7 @@ help:
 	@echo "make            build bin/ (shim, CLI, agent)"
 	@echo "make deps       install everything needed on Debian 12 (idempotent)"
 	@echo "make guest      build the guest kernel + initramfs into $(GUEST_DIR)"
+	@echo "make containerd16  unpack Debian 12's containerd 1.6 into build/ (not installed), for test/compat"
 	@echo "make test       deps + build + guest, then every test (unit and integration)"
 	@echo "make bench      boot and latency benchmarks, with their baselines"
 	@echo "make proto      regenerate api/ code code from .proto files"
@@ -43,6 +48,11 @@ $(CONTAINERD_BIN)/containerd:
 		github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD_VERSION) \
 		github.com/containerd/containerd/v2/cmd/ctr@$(CONTAINERD_VERSION) \
 		github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD_VERSION)
+
+containerd16: $(CONTAINERD16_DIR)/usr/bin/containerd
+
+$(CONTAINERD16_DIR)/usr/bin/containerd:
+	scripts/containerd16.sh $(CONTAINERD16_DIR)
 
 $(BIN)/qemu-shim: $(GO_SOURCES)
 	$(GO) build -trimpath -o $@ ./cmd/qemu-shim
@@ -87,7 +97,7 @@ else
 	@echo "clients: no ../shared/tools/build-clients.sh here: nerdctl and CRI tests will skip"
 endif
 
-test: deps binaries guest containerd clients
+test: deps binaries guest containerd containerd16 clients
 	$(GO) vet ./...
 	QEMU_SHIM_INTEGRATION=1 $(GO) test -count=1 -timeout 30m $(TEST_FLAGS) ./...
 

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"os"
 
 	"github.com/containerd/containerd/v2/pkg/shim"
 
@@ -22,5 +23,10 @@ func main() {
 	if holder {
 		netns.HolderMain()
 	}
-	shim.RunShim(context.Background(), manager.NewShimManager("io.containerd.qemu.v1"), manager.BinaryOpts)
+	ctx, m := context.Background(), manager.NewShimManager("io.containerd.qemu.v1")
+	// containerd 1.6/1.7 start shims without the bootstrap protocol.
+	if manager.StartForContainerd1(ctx, m, os.Args[1:]) {
+		return
+	}
+	shim.RunShim(ctx, m, manager.BinaryOpts)
 }

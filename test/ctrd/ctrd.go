@@ -34,6 +34,7 @@ type Daemon struct {
 	cmd                     *exec.Cmd
 	log                     string
 	cri                     bool
+	binDir                  string
 }
 
 // RepoDir is the checkout's top directory.
@@ -48,7 +49,18 @@ type Options struct {
 	// "qemu" (this shim), a bridge CNI network of the daemon's own, and a
 	// pause image built from test/pause; images go to CRINamespace too.
 	CRI bool
+	// BinDir, relative to the checkout, holds the containerd and ctr to
+	// run: by default build/containerd-bin (containerd 2.4, 'make
+	// containerd'); Containerd16Dir for Debian 12's containerd 1.6.
+	BinDir string
+	// ConfigVersion is the version of containerd's configuration file: 3
+	// (containerd 2.x) by default, 2 for containerd 1.x.
+	ConfigVersion int
 }
+
+// Containerd16Dir holds Debian 12's containerd 1.6 and its ctr, unpacked
+// by 'make containerd16'.
+const Containerd16Dir = "build/containerd-1.6/usr/bin"
 
 // CRI's namespace, its sandbox image, the busybox name critest's specs
 // use, and the daemon's CNI bridge network.
@@ -66,14 +78,27 @@ func Start(ctx context.Context) (*Daemon, error) { return StartWith(ctx, Options
 
 // StartWith starts containerd as Start does, with the given options.
 func StartWith(ctx context.Context, o Options) (_ *Daemon, retErr error) {
-	d := &Daemon{Repo: RepoDir(), cri: o.CRI}
+	if o.BinDir == "" {
+		o.BinDir = "build/containerd-bin"
+	}
+	if o.ConfigVersion == 0 {
+		o.ConfigVersion = 3
+	}
+	if o.CRI && o.ConfigVersion != 3 {
+		return nil, fmt.Errorf("CRI is configured for containerd 2.x only")
+	}
+	d := &Daemon{Repo: RepoDir(), cri: o.CRI, binDir: o.BinDir}
 	for what, p := range map[string]string{
-		"containerd": d.bin("build/containerd-bin/containerd"),
+		"containerd": d.bin(o.BinDir + "/containerd"),
 		"the shim":   d.bin("bin/containerd-shim-qemu-v1"),
 		"the guest":  d.bin("build/guest/vmlinux"),
 	} {
 		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("%s is missing (%v): run 'make binaries guest containerd'", what, err)
+			target := "containerd"
+			if o.BinDir == Containerd16Dir {
+				target = "containerd16"
+			}
+			return nil, fmt.Errorf("%s is missing (%v): run 'make binaries guest %s'", what, err, target)
 		}
 	}
 	var err error
@@ -104,15 +129,22 @@ upper_size_mib = 256
 		return nil, err
 	}
 	config := filepath.Join(d.Work, "containerd.toml")
-	toml := fmt.Sprintf(`version = 3
+	toml := fmt.Sprintf(`version = %d
 root = %q
 state = %q
 [grpc]
   address = %q
 [ttrpc]
   address = %q
-`, filepath.Join(d.Work, "root"), filepath.Join(d.Run, "state"), d.Socket, d.Socket+".ttrpc")
-	if o.CRI {
+`, o.ConfigVersion, filepath.Join(d.Work, "root"), filepath.Join(d.Run, "state"), d.Socket, d.Socket+".ttrpc")
+	if o.ConfigVersion < 3 {
+		// containerd 1.x: no CRI, and its managed /opt in the work
+		// directory, not the host's.
+		toml = `disabled_plugins = ["io.containerd.grpc.v1.cri"]
+` + toml + fmt.Sprintf(`[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+`, filepath.Join(d.Work, "opt"))
+	} else if o.CRI {
 		cri, err := d.criConfig(shimConfig)
 		if err != nil {
 			return nil, err
@@ -131,10 +163,10 @@ state = %q
 		return nil, err
 	}
 	defer logFile.Close()
-	d.cmd = exec.Command(d.bin("build/containerd-bin/containerd"), "--config", config)
+	d.cmd = exec.Command(d.bin(o.BinDir+"/containerd"), "--config", config)
 	// runc (the baseline runtime) and the shims come from the checkout.
 	d.cmd.Env = append(os.Environ(),
-		"PATH="+d.bin("bin")+":"+d.bin("build/containerd-bin")+":"+d.bin("build")+":"+os.Getenv("PATH"),
+		"PATH="+d.bin("bin")+":"+d.bin(o.BinDir)+":"+d.bin("build")+":"+os.Getenv("PATH"),
 		"QEMU_SHIM_CONFIG="+shimConfig)
 	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
 	if err := d.cmd.Start(); err != nil {
@@ -278,7 +310,7 @@ func (d *Daemon) VMStateRoot() string { return filepath.Join(d.Run, "vms") }
 
 // Ctr returns a ctr command against this containerd.
 func (d *Daemon) Ctr(ctx context.Context, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, d.bin("build/containerd-bin/ctr"), append([]string{"--address", d.Socket, "-n", Namespace}, args...)...)
+	return exec.CommandContext(ctx, d.bin(d.binDir+"/ctr"), append([]string{"--address", d.Socket, "-n", Namespace}, args...)...)
 }
 
 // LogTail returns the end of containerd's log.

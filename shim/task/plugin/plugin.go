@@ -1,8 +1,10 @@
 // Package plugin registers the task service with the shim's plugin system,
-// as containerd's shims do.
+// as containerd's shims do: as task API v3 (containerd 2.x) and, through
+// shim/taskv2, as task API v2 (containerd 1.6 and 1.7).
 package plugin
 
 import (
+	taskv2API "github.com/containerd/containerd/api/runtime/task/v2"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/containerd/v2/pkg/shutdown"
@@ -12,6 +14,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/qemu-shim/qemu-shim/shim/task"
+	"github.com/qemu-shim/qemu-shim/shim/taskv2"
 )
 
 func init() {
@@ -37,10 +40,12 @@ func init() {
 	})
 }
 
-// registrar hands the service to the shim's TTRPC server.
+// registrar hands the service to the shim's TTRPC server, under both task
+// APIs (containerd 2.x's runc shim serves v3 only).
 type registrar struct{ s *task.Service }
 
 func (r registrar) RegisterTTRPC(server *ttrpc.Server) error {
 	taskAPI.RegisterTTRPCTaskService(server, r.s)
+	taskv2API.RegisterTTRPCTaskService(server, taskv2.New(r.s))
 	return nil
 }
