@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -351,7 +352,7 @@ func (i *Instance) unplug(ctx context.Context, id string) error {
 	return nil
 }
 
-// AttachDisk hot-plugs a disk image as a SCSI disk (LUN 0 of the lowest
+// AttachDisk hot-plugs a disk image or host block device as a SCSI disk (LUN 0 of the lowest
 // free target of the VM's virtio-scsi controller); the guest finds it by
 // d.ID as serial (VPD page 0x80).
 func (i *Instance) AttachDisk(ctx context.Context, d Disk) error {
@@ -375,8 +376,12 @@ func (i *Instance) AttachDisk(ctx context.Context, d Disk) error {
 		format = "raw"
 	}
 	fileNode, drvNode := "file-"+d.ID, "drv-"+d.ID
+	protocol := "file" // QEMU's file driver refuses block devices
+	if st, err := os.Stat(d.Path); err == nil && st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0 {
+		protocol = "host_device"
+	}
 	if err := i.qmp.Run(ctx, "blockdev-add", map[string]any{
-		"driver": "file", "node-name": fileNode, "filename": d.Path, "read-only": d.ReadOnly,
+		"driver": protocol, "node-name": fileNode, "filename": d.Path, "read-only": d.ReadOnly,
 	}, nil); err != nil {
 		return fmt.Errorf("vm %s: open disk %s: %w", i.cfg.ID, d.Path, err)
 	}
