@@ -90,7 +90,9 @@ func planDevices(ctx context.Context, id string, spec *specs.Spec, resolve hostR
 			if wire.GuestLocalDevice(d.Type, d.Major, d.Minor) {
 				continue
 			}
-			return nil, fmt.Errorf("container %s: %s: a host character device cannot be passed into the VM (only block devices and the guest's own null, zero, full, random, urandom, tty, console, ptmx and fuse can): %w", id, name, errdefs.ErrNotImplemented)
+			// (Not ErrNotImplemented: containerd takes that from Create
+			// for an older shim API, retries and loses the message.)
+			return nil, fmt.Errorf("container %s: %s: a host character device cannot be passed into the VM (only block devices and the guest's own null, zero, full, random, urandom, tty, console, ptmx and fuse can): %w", id, name, errdefs.ErrInvalidArgument)
 		case "b":
 		default:
 			return nil, fmt.Errorf("container %s: %s: unknown device type: %w", id, name, errdefs.ErrInvalidArgument)

@@ -106,8 +106,8 @@ func TestPlanDevicesRefused(t *testing.T) {
 		want    error
 		message string
 	}{
-		{"kvm", devSpec("rwm", loop0, kvm), errdefs.ErrNotImplemented, "device /dev/kvm (c 10:232): a host character device cannot be passed into the VM"},
-		{"tun", devSpec("rwm", specs.LinuxDevice{Path: "/dev/net/tun", Type: "c", Major: 10, Minor: 200}), errdefs.ErrNotImplemented, "/dev/net/tun"},
+		{"kvm", devSpec("rwm", loop0, kvm), errdefs.ErrInvalidArgument, "device /dev/kvm (c 10:232): a host character device cannot be passed into the VM"},
+		{"tun", devSpec("rwm", specs.LinuxDevice{Path: "/dev/net/tun", Type: "c", Major: 10, Minor: 200}), errdefs.ErrInvalidArgument, "/dev/net/tun"},
 		{"relative", devSpec("rwm", specs.LinuxDevice{Path: "dev/loop0", Type: "b", Major: 7}), errdefs.ErrInvalidArgument, "dev/loop0"},
 		{"outside /dev", devSpec("rwm", specs.LinuxDevice{Path: "/tmp/loop0", Type: "b", Major: 7}), errdefs.ErrInvalidArgument, "/tmp/loop0"},
 		{"unclean", devSpec("rwm", specs.LinuxDevice{Path: "/dev/./loop0", Type: "b", Major: 7}), errdefs.ErrInvalidArgument, "/dev/./loop0"},
