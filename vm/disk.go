@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 
 	"github.com/containerd/errdefs"
@@ -36,7 +37,11 @@ func (i *Instance) AttachDisk(ctx context.Context, d Disk) error {
 		format = "raw"
 	}
 	fileNode, drvNode := "file-"+d.ID, "drv-"+d.ID
-	if err := i.qmp.Run(ctx, "blockdev-add", blockdevAdd{Driver: "file", NodeName: fileNode, Filename: d.Path, ReadOnly: d.ReadOnly}, nil); err != nil {
+	protocol := "file" // QEMU's file driver refuses block devices
+	if st, err := os.Stat(d.Path); err == nil && st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0 {
+		protocol = "host_device"
+	}
+	if err := i.qmp.Run(ctx, "blockdev-add", blockdevAdd{Driver: protocol, NodeName: fileNode, Filename: d.Path, ReadOnly: d.ReadOnly}, nil); err != nil {
 		return fmt.Errorf("vm %s: open disk %s: %w", i.cfg.ID, d.Path, err)
 	}
 	undo := func(nodes ...string) {

@@ -1,6 +1,7 @@
 // Package wire is the part of the host↔guest contract that is not a
 // protobuf service: how a Create names its root filesystem's disks and
-// carries the bundle's spec.
+// carries the bundle's spec, and which disks stand in for the spec's
+// block devices.
 package wire
 
 import "google.golang.org/protobuf/types/known/anypb"

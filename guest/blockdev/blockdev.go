@@ -20,6 +20,8 @@ type Device struct {
 	Name, Serial string
 	SizeBytes    uint64
 	ReadOnly     bool
+	// Major and Minor are the device's numbers in this kernel.
+	Major, Minor int64
 }
 
 // Path is the device node.
@@ -40,6 +42,10 @@ func List(sysfs string) []Device {
 			dev.SizeBytes = sectors * 512
 		}
 		dev.ReadOnly = readTrim(filepath.Join(d, "ro")) == "1"
+		if maj, min, ok := strings.Cut(readTrim(filepath.Join(d, "dev")), ":"); ok {
+			dev.Major, _ = strconv.ParseInt(maj, 10, 64)
+			dev.Minor, _ = strconv.ParseInt(min, 10, 64)
+		}
 		out = append(out, dev)
 	}
 	return out

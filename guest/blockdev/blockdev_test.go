@@ -26,7 +26,8 @@ func TestFindBySerial(t *testing.T) {
 	os.WriteFile(filepath.Join(sd, "device", "vpd_pg80"), append([]byte{0, 0x80, 0, 4}, "l12 "...), 0o444)
 	os.WriteFile(filepath.Join(sd, "size"), []byte("8\n"), 0o644)
 	os.WriteFile(filepath.Join(sd, "ro"), []byte("1\n"), 0o644)
-	if d, ok := Find(sys, "l12"); !ok || d.Path() != "/dev/sda" || !d.ReadOnly || d.SizeBytes != 8*512 {
+	os.WriteFile(filepath.Join(sd, "dev"), []byte("8:16\n"), 0o444)
+	if d, ok := Find(sys, "l12"); !ok || d.Path() != "/dev/sda" || !d.ReadOnly || d.SizeBytes != 8*512 || d.Major != 8 || d.Minor != 16 {
 		t.Errorf("scsi disk: got %+v %v", d, ok)
 	}
 	// A page that is not 0x80, or shorter than its header, names nothing.

@@ -21,6 +21,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/qemu-shim/qemu-shim/guest/blockdev"
 )
 
 // Create makes a container: rootfs from the host's disks, the host's
@@ -62,7 +64,11 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if c.mounts, err = mountRootfs(ctx, s.cfg.SysfsRoot, c.bundle, r.Rootfs); err != nil {
 		return nil, err
 	}
-	if err := adaptSpec(ctx, r.ID, spec, adaptEnv{netns: s.cfg.NetworkNamespace, share: s.cfg.Share, isInit: s.isInit}); err != nil {
+	disk := func(serial string) (int64, int64, error) {
+		d, err := blockdev.Wait(ctx, s.cfg.SysfsRoot, serial, deviceWait)
+		return d.Major, d.Minor, err
+	}
+	if err := adaptSpec(ctx, r.ID, spec, adaptEnv{netns: s.cfg.NetworkNamespace, share: s.cfg.Share, isInit: s.isInit, disk: disk}); err != nil {
 		return nil, err
 	}
 	config, err := json.Marshal(spec)

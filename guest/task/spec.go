@@ -58,6 +58,9 @@ func decodeSpec(a *anypb.Any) (*specs.Spec, error) {
 // sandbox's namespaces, by the pid it was told) is kept: the container
 // joins that one. Any other path names a host object, and the container
 // gets a new namespace of that type instead.
+//
+// Block devices get the numbers of the disks the host attached for them
+// (adaptDevices).
 func adaptSpec(ctx context.Context, id string, s *specs.Spec, env adaptEnv) error {
 	netns, share := env.netns, env.share
 	l := log.G(ctx).WithField("container", id)
@@ -90,6 +93,10 @@ func adaptSpec(ctx context.Context, id string, s *specs.Spec, env adaptEnv) erro
 		nss = append(nss, specs.LinuxNamespace{Type: specs.CgroupNamespace})
 	}
 	s.Linux.Namespaces = nss
+
+	if err := adaptDevices(ctx, id, s, env.disk); err != nil {
+		return err
+	}
 
 	if s.Hooks != nil {
 		l.Info("OCI hooks name host binaries: not run in the guest")
@@ -132,6 +139,9 @@ type adaptEnv struct {
 	netns, share func() (string, error)
 	// isInit says whether pid is the init of a container of this guest.
 	isInit func(pid int) bool
+	// disk waits for the disk with this serial and returns its device
+	// numbers; nil when the guest has no disks to look for.
+	disk func(serial string) (major, minor int64, err error)
 }
 
 var siblingPath = regexp.MustCompile(`^/proc/([0-9]{1,10})/ns/([a-z]{2,8})$`)

@@ -18,22 +18,23 @@ import (
 )
 
 // diskSet is the disks a VM holds for its containers: read-only layers
-// shared by every container that uses them (attached once, detached with
-// their last user) and each container's own writable layer.
+// and host block devices shared by every container that uses them
+// (attached once, detached with their last user) and each container's own
+// writable layer.
 type diskSet struct {
 	inst *vm.Instance
 	conv rootfs.Converter
 
 	mu     sync.Mutex
 	seq    int
-	layers map[string]*layerDisk // layer image path → disk
+	layers map[string]*layerDisk // layer image path (or devKey) → disk
 	owners map[string]*heldDisks // container → what it holds
 }
 
-// layerDisk is a shared layer; ready is closed once its attach is done,
-// err says how it went.
+// layerDisk is a shared layer or host block device; ready is closed once
+// its attach is done, err says how it went.
 type layerDisk struct {
-	path   string
+	key    string // in diskSet.layers
 	serial string
 	refs   int
 	ready  chan struct{}
@@ -92,12 +93,44 @@ func (d *diskSet) held(id string) *heldDisks {
 	return h
 }
 
+// AttachBlockDevice attaches a host block device (its node on the host)
+// to the VM as a raw disk, once for all the containers that use it the
+// same way, and returns its serial. Release detaches it with its last
+// user.
+func (v *VM) AttachBlockDevice(ctx context.Context, id, path string, readOnly bool) (string, error) {
+	key := devKey(path, readOnly)
+	serial, err := v.disks.attachAs(ctx, id, key, "b", rootfs.Disk{Path: path, ReadOnly: readOnly})
+	if err != nil {
+		return "", fmt.Errorf("container %s: block device %s: %w", id, path, err)
+	}
+	return serial, nil
+}
+
+// devKey names a host block device in diskSet.layers, apart from layer
+// images and from the same device attached the other way.
+func devKey(path string, readOnly bool) string {
+	if readOnly {
+		return "dev-ro:" + path
+	}
+	return "dev-rw:" + path
+}
+
 // attach hands a disk to the guest: a layer once per VM (a second user
 // waits for the first's attach), a container's own disk each time.
 func (d *diskSet) attach(ctx context.Context, id string, disk rootfs.Disk) (string, error) {
+	prefix := "u"
+	if !disk.Owned {
+		prefix = "l"
+	}
+	return d.attachAs(ctx, id, disk.Path, prefix, disk)
+}
+
+// attachAs attaches disk with a serial of prefix and a number; a disk not
+// Owned is shared under key.
+func (d *diskSet) attachAs(ctx context.Context, id, key, prefix string, disk rootfs.Disk) (string, error) {
 	d.mu.Lock()
 	if !disk.Owned {
-		if l, ok := d.layers[disk.Path]; ok {
+		if l, ok := d.layers[key]; ok {
 			l.refs++
 			d.held(id).layers = append(d.held(id).layers, l)
 			d.mu.Unlock()
@@ -110,15 +143,11 @@ func (d *diskSet) attach(ctx context.Context, id string, disk rootfs.Disk) (stri
 		}
 	}
 	d.seq++
-	prefix := "u"
-	if !disk.Owned {
-		prefix = "l"
-	}
 	serial := prefix + strconv.Itoa(d.seq)
 	var l *layerDisk
 	if !disk.Owned {
-		l = &layerDisk{path: disk.Path, serial: serial, refs: 1, ready: make(chan struct{})}
-		d.layers[disk.Path] = l
+		l = &layerDisk{key: key, serial: serial, refs: 1, ready: make(chan struct{})}
+		d.layers[key] = l
 		d.held(id).layers = append(d.held(id).layers, l)
 	}
 	d.mu.Unlock()
@@ -129,9 +158,9 @@ func (d *diskSet) attach(ctx context.Context, id string, disk rootfs.Disk) (stri
 	switch {
 	case l != nil:
 		l.err = err
-		if err != nil && d.layers[disk.Path] == l {
+		if err != nil && d.layers[key] == l {
 			// Not attached: the next user tries again.
-			delete(d.layers, disk.Path)
+			delete(d.layers, key)
 		}
 		close(l.ready)
 	case err != nil:
@@ -155,8 +184,8 @@ func (d *diskSet) release(ctx context.Context, id string, running bool) {
 			if l.refs > 0 {
 				continue
 			}
-			if d.layers[l.path] == l {
-				delete(d.layers, l.path)
+			if d.layers[l.key] == l {
+				delete(d.layers, l.key)
 			}
 			select {
 			case <-l.ready:
@@ -182,7 +211,7 @@ func (d *diskSet) release(ctx context.Context, id string, running bool) {
 	for _, serial := range detach {
 		if running {
 			if err := d.inst.DetachDisk(ctx, serial); err != nil {
-				log.G(ctx).WithError(err).WithField("disk", serial).Warn("detach layer")
+				log.G(ctx).WithError(err).WithField("disk", serial).Warn("detach layer or block device")
 			}
 		}
 	}

@@ -1,9 +1,10 @@
 // Package sandbox is the VM of one shim as its task service sees it: the
 // guest's task service and event stream, the stdio streams, and what the
-// VM holds for its containers (root filesystem disks, the network cards
-// standing in for their network namespace, the share of their bind
-// mounts) and its size. The task service depends on the Sandbox interface
-// only, so its lifecycle is tested against a fake; VM is the real one.
+// VM holds for its containers (root filesystem disks, host block devices,
+// the network cards standing in for their network namespace, the share of
+// their bind mounts) and its size. The task service depends on the
+// Sandbox interface only, so its lifecycle is tested against a fake; VM is
+// the real one.
 //
 // A Sandbox is safe for concurrent use. Its locks guard its own
 // bookkeeping: one container's disk hot-plug or network wiring never holds
@@ -35,6 +36,10 @@ type Sandbox interface {
 	// mounts, in its bundle) into disks the guest can mount, attaches
 	// them, and returns the mounts that name them for the guest.
 	AttachRootfs(ctx context.Context, id, bundle string, rootfs []*types.Mount) ([]*types.Mount, error)
+	// AttachBlockDevice attaches the host block device whose node is path
+	// as a raw disk (read-only if asked) and returns its serial; Release
+	// detaches it with the last container using it.
+	AttachBlockDevice(ctx context.Context, id, path string, readOnly bool) (string, error)
 	// JoinNetwork wires the host's network namespace at path to the VM;
 	// the containers of a VM share one, so a later container naming the
 	// same path joins it, and another path is refused.

@@ -68,6 +68,22 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := checkHostNamespaces(r.ID, spec); err != nil {
 		return nil, err
 	}
+	// Devices are refused before a VM boots for them; the spec sent to the
+	// guest changes when some are left out or attached.
+	ndev := 0
+	if spec.Linux != nil {
+		ndev = len(spec.Linux.Devices)
+	}
+	blockDevs, err := planDevices(ctx, r.ID, spec, hostBlockDevice)
+	if err != nil {
+		return nil, err
+	}
+	respec := len(blockDevs) > 0 || (spec.Linux != nil && len(spec.Linux.Devices) != ndev)
+	if _, ok := spec.Annotations[wire.BlockDevicesAnnotation]; ok {
+		// Only the shim names disks to the guest.
+		delete(spec.Annotations, wire.BlockDevicesAnnotation)
+		respec = true
+	}
 	var size config.Size
 	if spec.Linux != nil {
 		size = config.SizeOf(spec.Linux.Resources)
@@ -134,6 +150,9 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
+	if err := attachDevices(ctx, sb, r.ID, spec, blockDevs); err != nil {
+		return nil, err // detached by the Release above
+	}
 
 	// The hooks (nerdctl's CNI setup) run before the wiring: what they make
 	// in the namespace is what the VM is wired to.
@@ -159,6 +178,9 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		if spec.Mounts, err = sb.Stage(r.ID, spec.Mounts); err != nil {
 			return nil, err
 		}
+		respec = true
+	}
+	if respec {
 		if configJSON, err = json.Marshal(spec); err != nil {
 			return nil, err
 		}

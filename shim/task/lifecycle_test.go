@@ -131,6 +131,9 @@ func (f *fakeSandbox) DialStream(ctx context.Context, name string) (net.Conn, er
 func (f *fakeSandbox) AttachRootfs(ctx context.Context, id, bundle string, rootfs []*types.Mount) ([]*types.Mount, error) {
 	return []*types.Mount{{Type: "erofs", Source: "serial:l1"}}, nil
 }
+func (f *fakeSandbox) AttachBlockDevice(ctx context.Context, id, path string, readOnly bool) (string, error) {
+	return "b1", nil
+}
 func (f *fakeSandbox) JoinNetwork(ctx context.Context, id, path string) error { return nil }
 func (f *fakeSandbox) NetworkPath() string                                    { return "" }
 func (f *fakeSandbox) Stage(id string, mounts []specs.Mount) ([]specs.Mount, error) {
