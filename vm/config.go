@@ -71,6 +71,9 @@ type Config struct {
 	BootTimeout time.Duration
 	// Debug makes the agent log verbosely to the console log.
 	Debug bool
+	// AllowUnconfined lets QEMU start without its seccomp filter or with
+	// its capabilities, where this host cannot confine it (see confine).
+	AllowUnconfined bool
 }
 
 // Disk is a disk image handed to the guest. The guest finds it by ID, which

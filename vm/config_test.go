@@ -67,11 +67,11 @@ func newTestInstance(t *testing.T, edit func(*Config)) *Instance {
 func TestMachineIsPure(t *testing.T) {
 	i := newTestInstance(t, nil)
 	link := &serialLink{socket: filepath.Join(i.stateDir, agentSocketName)}
-	a, err := i.machine(cmdline.TCG, link)
+	a, err := i.machine(cmdline.TCG, link, confinement{seccomp: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := i.machine(cmdline.TCG, link)
+	b, err := i.machine(cmdline.TCG, link, confinement{seccomp: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,5 +111,24 @@ func TestCommandLineHoldsNothing(t *testing.T) {
 			}
 			lease.Release()
 		}
+	}
+}
+
+// A QEMU that cannot be confined does not start unless the configuration
+// says it may run unconfined; the error says what is missing and how to
+// allow it.
+func TestUnconfinedQEMUIsRefused(t *testing.T) {
+	fake := filepath.Join(t.TempDir(), "qemu-without-seccomp")
+	os.WriteFile(fake, []byte("#!/bin/sh\necho 'QEMU emulator, no sandbox option'\n"), 0o755)
+	_, err := confine(fake, false)
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "-sandbox") || !strings.Contains(err.Error(), "vm.allow_unconfined") {
+		t.Errorf("confine(no seccomp) = %v; want a failed precondition naming -sandbox and vm.allow_unconfined", err)
+	}
+	c, err := confine(fake, true)
+	if err != nil || c.seccomp {
+		t.Errorf("confine(no seccomp, allowed) = %+v, %v", c, err)
+	}
+	if _, err := os.Stat(Setpriv); err == nil && len(c.wrapper) == 0 {
+		t.Errorf("setpriv is here but QEMU keeps its capabilities")
 	}
 }

@@ -56,9 +56,10 @@ type Instance struct {
 	state    stateMachine
 	stateDir string
 
-	accel     cmdline.Accel
-	transport transport.Kind
-	link      agentLink
+	accel       cmdline.Accel
+	transport   transport.Kind
+	confinement confinement
+	link        agentLink
 
 	proc      *process
 	console   *console
@@ -200,9 +201,14 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	if err != nil {
 		return err
 	}
-	i.accel, i.transport, i.link = accel, kind, link
+	conf, err := confine(i.cfg.QEMU, i.cfg.AllowUnconfined)
+	if err != nil {
+		link.release()
+		return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
+	}
+	i.accel, i.transport, i.link, i.confinement = accel, kind, link, conf
 	i.hp.init(i.cfg)
-	m, err := i.machine(i.accel, i.link)
+	m, err := i.machine(i.accel, i.link, i.confinement)
 	if err != nil {
 		return err
 	}
@@ -226,7 +232,11 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	go c.run()
 	// The descriptors QEMU inherits, from 3 on (see consoleFD, firstTapFD).
 	inherited := append([]*os.File{qemuConsole}, taps...)
-	i.proc, err = startProcess(i.cfg.QEMU, args, inherited)
+	binary := i.cfg.QEMU
+	if w := i.confinement.wrapper; len(w) > 0 {
+		binary, args = w[0], append(append(w[1:len(w):len(w)], i.cfg.QEMU), args...)
+	}
+	i.proc, err = startProcess(binary, args, inherited)
 	for _, f := range inherited {
 		f.Close() // QEMU has its own copies
 	}
@@ -326,7 +336,7 @@ func (i *Instance) resolve() (cmdline.Accel, transport.Kind) {
 
 // machine turns the Config into a QEMU command line description, with the
 // given accelerator and agent transport. It changes nothing.
-func (i *Instance) machine(accel cmdline.Accel, link agentLink) (*cmdline.Machine, error) {
+func (i *Instance) machine(accel cmdline.Accel, link agentLink, conf confinement) (*cmdline.Machine, error) {
 	kernel := cmdline.NewKernel(cmdline.DefaultKernelParams...)
 	kernel.Set("qemu_shim.transport", string(link.kind()))
 	if i.cfg.Debug {
@@ -354,7 +364,7 @@ func (i *Instance) machine(accel cmdline.Accel, link agentLink) (*cmdline.Machin
 		HotplugPorts:      i.cfg.HotplugPorts,
 		SCSIController:    true,
 		SharedMemory:      i.cfg.Share != nil,
-		Sandbox:           sandboxSupported(i.cfg.QEMU),
+		Sandbox:           conf.seccomp,
 	}
 	if i.cfg.Tools != "" {
 		m.Disks = append(m.Disks, cmdline.Disk{ID: agentapi.ToolsDiskSerial, Serial: agentapi.ToolsDiskSerial, Path: i.cfg.Tools, ReadOnly: true})
@@ -401,7 +411,8 @@ func (i *Instance) CommandLine() ([]string, error) {
 		return nil, err
 	}
 	defer link.release()
-	m, err := i.machine(accel, link)
+	conf, _ := confine(i.cfg.QEMU, true) // shown as Start would confine it where it can
+	m, err := i.machine(accel, link, conf)
 	if err != nil {
 		return nil, err
 	}

@@ -160,7 +160,11 @@ func run(ctx context.Context) error {
 
 	go reap.Reap(ctx, func(pid int, ws unix.WaitStatus) {
 		if taskd.IsTaskd(pid) {
-			log.G(ctx).WithField("status", ws).Error("the task service exited")
+			// The containers' state went with it: the VM is of no more use,
+			// and ending it is how the host learns (every process is
+			// reported killed), rather than by calls that hang.
+			log.G(ctx).WithField("status", ws).Error("the task service exited: powering off")
+			svc.PowerOff()
 		}
 	})
 	go func() {

@@ -61,14 +61,16 @@ func Find(sysfs, serial string) (Device, bool) {
 	return Device{}, false
 }
 
-// Wait waits up to wait for a (hot-plugged) disk to appear.
+// Wait waits up to wait for a (hot-plugged) disk to appear with its
+// capacity known: a SCSI disk shows in sysfs (serial and all) before the
+// kernel has read its capacity, and a mount then finds no superblock.
 func Wait(ctx context.Context, sysfs, serial string, wait time.Duration) (Device, error) {
 	if serial == "" || len(serial) > 20 {
 		return Device{}, fmt.Errorf("disk serial %q: want 1-20 characters: %w", serial, errdefs.ErrInvalidArgument)
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		if d, ok := Find(sysfs, serial); ok {
+		if d, ok := Find(sysfs, serial); ok && d.SizeBytes > 0 {
 			return d, nil
 		}
 		if time.Now().After(deadline) {
@@ -106,7 +108,7 @@ func readTrim(path string) string {
 }
 
 // einvalWait bounds the retries of a mount that found no superblock.
-const einvalWait = 2 * time.Second
+const einvalWait = 5 * time.Second
 
 // Mount mounts a freshly plugged disk. The kernel shows a disk (in sysfs
 // and /dev) a moment before it can be opened (device_add comes before the

@@ -48,6 +48,9 @@ type VM struct {
 	StateRoot    string   `toml:"state_root"`
 	KernelParams []string `toml:"kernel_params"`
 	Debug        bool     `toml:"debug"`
+	// AllowUnconfined lets QEMU run where it cannot be confined (no
+	// seccomp in this QEMU, no setpriv to drop its capabilities).
+	AllowUnconfined bool `toml:"allow_unconfined"`
 	// Virtiofsd serves the containers' bind mounts to the guest.
 	Virtiofsd string `toml:"virtiofsd"`
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/errdefs"
@@ -131,8 +132,11 @@ func (c *Converter) overlay(ctx context.Context, bundle string, m *types.Mount) 
 }
 
 // layer returns the erofs image of a read-only layer directory, making it
-// once. Committed snapshot directories never change, so their path names
-// the image.
+// once. Committed snapshot directories never change, so the directory
+// names the image: its path and its identity (device, inode, change
+// time), so that a directory made again at the same path (containerd's
+// root wiped, its snapshot numbers counted again) is not taken for the
+// one cached before.
 func (c *Converter) layer(ctx context.Context, dir string) (Disk, error) {
 	if !filepath.IsAbs(dir) {
 		return Disk{}, fmt.Errorf("layer directory %q is not absolute: %w", dir, errdefs.ErrInvalidArgument)
@@ -141,7 +145,11 @@ func (c *Converter) layer(ctx context.Context, dir string) (Disk, error) {
 	if err != nil || !st.IsDir() {
 		return Disk{}, fmt.Errorf("layer directory %s: %v: %w", dir, err, errdefs.ErrNotFound)
 	}
-	sum := sha256.Sum256([]byte(filepath.Clean(dir)))
+	key := filepath.Clean(dir)
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		key += fmt.Sprintf("\x00%d:%d:%d.%d", sys.Dev, sys.Ino, sys.Ctim.Sec, sys.Ctim.Nsec)
+	}
+	sum := sha256.Sum256([]byte(key))
 	image := filepath.Join(c.LayerCache, hex.EncodeToString(sum[:16])+".erofs")
 	if _, err := os.Stat(image); err == nil {
 		return Disk{Path: image, Type: "erofs", ReadOnly: true}, nil

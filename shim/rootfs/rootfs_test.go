@@ -47,6 +47,34 @@ func TestOverlayBecomesErofsAndExt4(t *testing.T) {
 	}
 }
 
+// A layer directory made again at a cached one's path (containerd's root
+// wiped, its snapshot numbers reused) gets its own image, never the old
+// one's.
+func TestRemadeLayerDirectoryIsConvertedAgain(t *testing.T) {
+	if _, err := os.Stat("/usr/bin/mkfs.erofs"); err != nil {
+		t.Skip("skipping: mkfs.erofs missing (make deps)")
+	}
+	dir := t.TempDir()
+	layer := filepath.Join(dir, "snapshots", "7", "fs")
+	os.MkdirAll(layer, 0o755)
+	os.WriteFile(filepath.Join(layer, "old"), []byte("old"), 0o644)
+	c := &Converter{LayerCache: filepath.Join(dir, "cache")}
+	before, err := c.layer(context.Background(), layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(filepath.Join(dir, "snapshots"))
+	os.MkdirAll(layer, 0o755)
+	os.WriteFile(filepath.Join(layer, "new"), []byte("new"), 0o644)
+	after, err := c.layer(context.Background(), layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Path == before.Path {
+		t.Errorf("the remade directory %s got the old directory's image %s", layer, before.Path)
+	}
+}
+
 func TestUnsupportedMountsAreNamed(t *testing.T) {
 	c := &Converter{LayerCache: t.TempDir(), UpperSizeMiB: 16}
 	_, err := c.Convert(context.Background(), t.TempDir(), []*types.Mount{{Type: "nfs", Source: "server:/x"}, {Type: "xfs", Source: "/dev/sdz"}})

@@ -61,6 +61,8 @@ func Boot(ctx context.Context, spec Spec) (Sandbox, error) {
 		KernelParams: cfg.VM.KernelParams,
 		BootTimeout:  cfg.VM.BootTimeout.Duration,
 		Debug:        cfg.VM.Debug,
+
+		AllowUnconfined: cfg.VM.AllowUnconfined,
 	}
 	if spec.Share {
 		vcfg.Share = &vm.Share{Virtiofsd: cfg.VM.Virtiofsd}

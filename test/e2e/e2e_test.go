@@ -565,6 +565,25 @@ func TestHungGuest(t *testing.T) {
 	}
 }
 
+// TestTaskServiceDies: when the guest's task service dies (here a
+// container that sees the guest's processes kills it), the VM is ended
+// and the container reported killed, not left hanging.
+func TestTaskServiceDies(t *testing.T) {
+	ctx := requireEnv(t)
+	c, err := newContainer(ctx, t, "taskd-dies", nil, false,
+		oci.WithProcessArgs("sh", "-c", "killall qemu-shim-taskd; sleep 1000"),
+		oci.WithHostNamespace(specs.PIDNamespace))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := c.finish(ctx); status != 137 {
+		t.Errorf("exit %d after the task service died, want 137", status)
+	}
+}
+
 // TestZZNothingLeftBehind runs last (tests run in source order).
 func TestZZNothingLeftBehind(t *testing.T) {
 	requireEnv(t)

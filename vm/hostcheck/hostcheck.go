@@ -41,7 +41,17 @@ func Run(o Options) []Result {
 	if o.QEMU == "" {
 		o.QEMU = "qemu-system-x86_64"
 	}
-	return []Result{kvm(), vhostVsock(), qemu(o.QEMU), firmware(), virtiofsd(), guestImage(o.GuestDir), cgroup2()}
+	return []Result{kvm(), vhostVsock(), qemu(o.QEMU), confinement(o.QEMU), firmware(), virtiofsd(), guestImage(o.GuestDir), cgroup2()}
+}
+
+// confinement checks that QEMU can run with its seccomp filter and
+// without capabilities, as VMs start only so by default.
+func confinement(binary string) Result {
+	if err := vm.CheckConfinement(binary); err != nil {
+		return Result{Name: "qemu confinement", Level: Fail, Detail: err.Error(),
+			Fix: "apt-get install qemu-system-x86 util-linux (or set vm.allow_unconfined = true)"}
+	}
+	return Result{Name: "qemu confinement", Level: OK, Detail: "seccomp (-sandbox on) and no capabilities (" + vm.Setpriv + ")"}
 }
 
 // virtiofsd checks for the daemon that shares bind mounts with the guest.
