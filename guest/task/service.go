@@ -59,6 +59,11 @@ type Service struct {
 	// being started, before its pid is known (see preStart).
 	running         map[int][]*process
 	exitSubscribers map[*map[int][]runc.Exit]struct{}
+
+	// volumes are the operator's disks mounted in containers, by serial
+	// (nil while one is being mounted).
+	volMu   sync.Mutex
+	volumes map[string]*volume
 }
 
 var _ taskAPI.TTRPCTaskService = (*Service)(nil)
@@ -68,11 +73,12 @@ var _ taskAPI.TTRPCTaskService = (*Service)(nil)
 func New(ctx context.Context, cfg Config) *Service {
 	runc.Monitor = reaper.Default
 	s := &Service{
-		cfg:        cfg,
-		runc:       &runc.Runc{Command: cfg.Runc, Root: filepath.Join(cfg.Root, ".runc"), Log: filepath.Join(cfg.Root, ".runc.log"), LogFormat: runc.JSON, PdeathSignal: unix.SIGKILL},
-		containers: map[string]*container{},
+		cfg:             cfg,
+		runc:            &runc.Runc{Command: cfg.Runc, Root: filepath.Join(cfg.Root, ".runc"), Log: filepath.Join(cfg.Root, ".runc.log"), LogFormat: runc.JSON, PdeathSignal: unix.SIGKILL},
+		containers:      map[string]*container{},
 		running:         map[int][]*process{},
 		exitSubscribers: map[*map[int][]runc.Exit]struct{}{},
+		volumes:         map[string]*volume{},
 	}
 	go s.exitLoop(ctx, reaper.Default.Subscribe())
 	return s
