@@ -23,6 +23,7 @@ import (
 
 	eventsapi "github.com/qemu-shim/qemu-shim/api/events/v1"
 	networkapi "github.com/qemu-shim/qemu-shim/api/network/v1"
+	volumeapi "github.com/qemu-shim/qemu-shim/api/volume/v1"
 	"github.com/qemu-shim/qemu-shim/guest/network"
 	"github.com/qemu-shim/qemu-shim/guest/task"
 	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
@@ -72,11 +73,13 @@ func run(ctx context.Context, socket, runc, root string) error {
 	}
 	events := task.NewEventLog(task.DefaultEventRetention)
 	netSvc := &network.Service{Path: network.NamespacePath}
-	taskAPI.RegisterTTRPCTaskService(server, task.New(ctx, task.Config{
+	tasks := task.New(ctx, task.Config{
 		Runc: runc, Root: root, SysfsRoot: "/sys", Streams: demux, Events: events,
 		NetworkNamespace: netSvc.Namespace,
 		Share:            task.MountShare(task.ShareMountPoint),
-	}))
+	})
+	taskAPI.RegisterTTRPCTaskService(server, tasks)
+	volumeapi.RegisterVolumesService(server, tasks)
 	networkapi.RegisterNetworkService(server, netSvc)
 	eventsapi.RegisterEventsService(server, events)
 	return server.Serve(ctx, demux.Listener())

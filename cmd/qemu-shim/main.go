@@ -21,6 +21,9 @@ commands:
   list     list the VMs under the state root, with their QEMU and its memory
   inspect ID
            what a running VM's QEMU has (status, vCPUs, memory, disks), as JSON
+  disk attach|detach|ls CONTAINER ...
+           attach disk images to a running container's VM (and mount them
+           in it), detach them, list them: 'qemu-shim disk' says more
   busybox-image FILE
            write a small busybox OCI image (docker-archive) for 'ctr images import'
 `
@@ -40,6 +43,8 @@ func main() {
 		err = list(os.Args[2:])
 	case "inspect":
 		err = inspect(os.Args[2:])
+	case "disk":
+		err = disk(os.Args[2:])
 	case "busybox-image":
 		err = busyboxImage(os.Args[2:])
 	case "help", "-h", "--help":

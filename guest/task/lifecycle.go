@@ -274,6 +274,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if p.io != nil {
 		p.io.close()
 	}
+	s.dropVolumes(ctx, c.id)
 	if err := c.remove(ctx); err != nil {
 		return nil, err
 	}

@@ -59,6 +59,11 @@ type Service struct {
 	// being started, before its pid is known (see preStart).
 	running         map[int][]*process
 	exitSubscribers map[*map[int][]runc.Exit]struct{}
+
+	// volumes are the operator's disks mounted in containers, by serial
+	// (nil while one is being mounted).
+	volMu   sync.Mutex
+	volumes map[string]*volume
 }
 
 var _ taskAPI.TTRPCTaskService = (*Service)(nil)
@@ -73,6 +78,7 @@ func New(ctx context.Context, cfg Config) *Service {
 		containers:      map[string]*container{},
 		running:         map[int][]*process{},
 		exitSubscribers: map[*map[int][]runc.Exit]struct{}{},
+		volumes:         map[string]*volume{},
 	}
 	go s.exitLoop(ctx, reaper.Default.Subscribe())
 	return s

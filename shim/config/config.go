@@ -29,6 +29,8 @@ const DefaultPath = "/etc/qemu-shim/config.toml"
 type Config struct {
 	VM     VM     `toml:"vm"`
 	Rootfs Rootfs `toml:"rootfs"`
+	// Operator configures the operator's API (qemu-shim disk ...).
+	Operator Operator `toml:"operator"`
 }
 
 // VM configures each VM.
@@ -59,6 +61,13 @@ type VM struct {
 type Rootfs struct {
 	LayerCache   string `toml:"layer_cache"`
 	UpperSizeMiB int    `toml:"upper_size_mib"`
+}
+
+// Operator configures what the operator's API may do to a running VM.
+type Operator struct {
+	// DiskRoots are the directories whose images 'qemu-shim disk attach'
+	// may attach (after symlinks are resolved); none: no image may be.
+	DiskRoots []string `toml:"disk_roots"`
 }
 
 // Duration is a time.Duration written as "90s".
@@ -148,6 +157,11 @@ func (c *Config) Validate() error {
 		return bad("vm.state_root %q: want an absolute path", v.StateRoot)
 	case c.Rootfs.UpperSizeMiB < 16:
 		return bad("rootfs.upper_size_mib %d: want at least 16", c.Rootfs.UpperSizeMiB)
+	}
+	for _, r := range c.Operator.DiskRoots {
+		if !filepath.IsAbs(r) || filepath.Clean(r) == "/" {
+			return bad("operator.disk_roots %q: want an absolute path other than /", r)
+		}
 	}
 	return nil
 }

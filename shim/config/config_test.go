@@ -20,6 +20,9 @@ func TestDefaultsAreValid(t *testing.T) {
 	if c.VM.CPUs != 1 || c.VM.MemoryMiB != 256 || c.VM.BootTimeout.Seconds() != 90 {
 		t.Errorf("defaults: %+v", c.VM)
 	}
+	if len(c.Operator.DiskRoots) != 1 || c.Operator.DiskRoots[0] != "/var/lib/qemu-shim/disks" {
+		t.Errorf("operator.disk_roots: %q", c.Operator.DiskRoots)
+	}
 }
 
 func TestLoad(t *testing.T) {
@@ -34,10 +37,12 @@ func TestLoad(t *testing.T) {
 		t.Errorf("got %+v", c.VM)
 	}
 	for name, body := range map[string]string{
-		"unknown.toml":  "[vm]\ncpuz = 2\n",
-		"range.toml":    "[vm]\ncpus = 0\n",
-		"relative.toml": "[vm]\nstate_root = \"run/vms\"\n",
-		"syntax.toml":   "[vm\n",
+		"unknown.toml":   "[vm]\ncpuz = 2\n",
+		"range.toml":     "[vm]\ncpus = 0\n",
+		"relative.toml":  "[vm]\nstate_root = \"run/vms\"\n",
+		"diskroot.toml":  "[operator]\ndisk_roots = [\"disks\"]\n",
+		"slashroot.toml": "[operator]\ndisk_roots = [\"/\"]\n",
+		"syntax.toml":    "[vm\n",
 	} {
 		p := filepath.Join(dir, name)
 		os.WriteFile(p, []byte(body), 0o644)

@@ -23,6 +23,7 @@ type VM struct {
 	spec Spec
 
 	disks diskSet
+	ops   opDisks
 
 	netMu sync.Mutex
 	net   *wiredNetwork
@@ -163,6 +164,7 @@ func (v *VM) end(ctx context.Context, how func(context.Context) error) error {
 
 // Release gives back what container id holds.
 func (v *VM) Release(ctx context.Context, id string, last bool) {
+	v.releaseOperatorDisks(ctx, id)
 	v.disks.release(ctx, id, v.running())
 	v.netMu.Lock()
 	if v.net != nil && v.net.owner == id && last {

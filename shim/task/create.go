@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -21,6 +22,7 @@ import (
 	"github.com/qemu-shim/qemu-shim/shim/bundle"
 	"github.com/qemu-shim/qemu-shim/shim/config"
 	"github.com/qemu-shim/qemu-shim/shim/hooks"
+	"github.com/qemu-shim/qemu-shim/shim/operator"
 	"github.com/qemu-shim/qemu-shim/shim/sandbox"
 	"github.com/qemu-shim/qemu-shim/shim/share"
 	"github.com/qemu-shim/qemu-shim/shim/stdio"
@@ -245,7 +247,42 @@ func (s *Service) sandboxFor(ctx context.Context, id string, cfg config.Config, 
 	s.mu.Unlock()
 	go s.forwardEvents(sb)
 	go s.watchSandbox(sb)
+	s.serveOperator(ctx, sb, ns, cfg)
 	return sb, true, nil
+}
+
+// serveOperator serves the operator's API (shim/operator) on a socket in
+// the VM's state directory while the VM runs. Without it the VM runs on:
+// only the 'qemu-shim disk' commands miss it.
+func (s *Service) serveOperator(ctx context.Context, sb sandbox.Sandbox, ns string, cfg config.Config) {
+	disks, ok := sb.(sandbox.OperatorDisks)
+	if !ok {
+		return
+	}
+	srv := &operator.Server{Namespace: ns, Roots: cfg.Operator.DiskRoots, Disks: disks, Containers: s.createdContainers}
+	stop, err := srv.Serve(context.WithoutCancel(s.ctx), filepath.Join(sb.StateDir(), operator.SocketName))
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("operator socket: 'qemu-shim disk' will not reach this VM")
+		return
+	}
+	go func() {
+		<-sb.Done()
+		stop()
+	}()
+}
+
+// createdContainers lists the containers created in the VM.
+func (s *Service) createdContainers() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ids []string
+	for id, c := range s.containers {
+		if c.created {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // stopSandbox ends the VM; a later Create boots a new one.

@@ -125,7 +125,12 @@ state_root = %q
 [rootfs]
 layer_cache = %q
 upper_size_mib = 256
-`, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), d.LayerCache())), 0o644); err != nil {
+[operator]
+disk_roots = [%q]
+`, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), d.LayerCache(), d.DiskRoot())), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(d.DiskRoot(), 0o700); err != nil {
 		return nil, err
 	}
 	config := filepath.Join(d.Work, "containerd.toml")
@@ -302,6 +307,10 @@ func (d *Daemon) ImportBusybox(ctx context.Context, ref string, extraLayers int)
 
 // LayerCache is the shim's cache of converted layers.
 func (d *Daemon) LayerCache() string { return filepath.Join(d.Work, "layers") }
+
+// DiskRoot is the shim's operator.disk_roots: the images 'qemu-shim disk
+// attach' may attach.
+func (d *Daemon) DiskRoot() string { return filepath.Join(d.Work, "disks") }
 
 func (d *Daemon) bin(rel string) string { return filepath.Join(d.Repo, rel) }
 
