@@ -5,8 +5,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+
+	containerd "github.com/containerd/containerd/v2/client"
 
 	"github.com/qemu-shim/qemu-shim/test/ctrd"
 	"github.com/qemu-shim/qemu-shim/vm"
@@ -32,7 +35,15 @@ func TestErofsSnapshotter(t *testing.T) {
 		t.Skip("skipping: mkfs.erofs missing (erofs-utils)")
 	}
 	t.Run("directory mode", func(t *testing.T) {
-		runErofs(ctx, t, env.Daemon, []string{runtimeName, "io.containerd.runc.v2"})
+		runErofs(ctx, t, env.Daemon, env.image, []string{runtimeName, "io.containerd.runc.v2"})
+		// Layers above busybox: lowerdir={{ overlay 0 3 }}, topmost first.
+		ref := "qemu-shim.dev/erofs-layers:4"
+		img, err := env.ImportBusybox(ctx, ref, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer env.Client.ImageService().Delete(context.WithoutCancel(ctx), ref)
+		runErofs(ctx, t, env.Daemon, img, []string{runtimeName, "io.containerd.runc.v2"})
 		if left := leftovers(); len(left) > 0 {
 			t.Errorf("left behind: %v", left)
 		}
@@ -48,7 +59,7 @@ func TestErofsSnapshotter(t *testing.T) {
 				t.Logf("containerd log (end):\n%s", d.LogTail(6000))
 			}
 		}()
-		runErofs(ctx, t, d, []string{runtimeName, "io.containerd.runc.v2"})
+		runErofs(ctx, t, d, d.Image, []string{runtimeName, "io.containerd.runc.v2"})
 		// The writable layer is the snapshot's image: what the container
 		// wrote is in its upper/, for containerd to diff or commit.
 		out, err := d.Ctr(ctx, "run", "--snapshotter", "erofs", "--runtime", runtimeName, d.Image.Name(), "erofs-kept", "sh", "-c", "echo kept > /kept").CombinedOutput()
@@ -76,23 +87,34 @@ func TestErofsSnapshotter(t *testing.T) {
 }
 
 // runErofs runs a container that writes to its rootfs with each runtime,
-// from busybox unpacked into the erofs snapshotter.
-func runErofs(ctx context.Context, t *testing.T, d *ctrd.Daemon, runtimes []string) {
+// from img (busybox under ctrd.ImportBusybox's extra layers) unpacked into
+// the erofs snapshotter.
+func runErofs(ctx context.Context, t *testing.T, d *ctrd.Daemon, img containerd.Image, runtimes []string) {
 	t.Helper()
-	if err := d.Image.Unpack(ctx, "erofs"); err != nil {
+	if err := img.Unpack(ctx, "erofs"); err != nil {
 		t.Fatalf("unpack for erofs: %v", err)
 	}
+	layers, err := img.RootFS(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := len(layers) - 1
 	for _, runtime := range runtimes {
 		for _, img := range cachedLayers(d) {
 			os.Remove(img)
 		}
 		id := "erofs-" + short(runtime)
-		script := "echo hello > /new && cat /new && head -1 /etc/passwd && ! ls /upper /work 2>/dev/null"
+		// Each extra layer's file (see busybox.LayerFile), the top one's
+		// last; the writable layer's upper/ and work/ out of sight.
+		script := "echo hello > /new && cat /new && head -1 /etc/passwd && cat /layers/* 2>/dev/null; ! ls /upper /work 2>/dev/null"
 		var stderr strings.Builder
-		cmd := d.Ctr(ctx, "run", "--rm", "--snapshotter", "erofs", "--runtime", runtime, d.Image.Name(), id, "sh", "-c", script)
+		cmd := d.Ctr(ctx, "run", "--rm", "--snapshotter", "erofs", "--runtime", runtime, img.Name(), id, "sh", "-c", script)
 		cmd.Stderr = &stderr
 		out, err := cmd.Output()
 		want := "hello\nroot:x:0:0:root:/root:/bin/sh\n"
+		for i := 1; i <= extra; i++ {
+			want += strconv.Itoa(i) + "\n"
+		}
 		if err != nil || string(out) != want {
 			t.Errorf("%s: %v: output %q, want %q; stderr: %s", runtime, err, out, want, stderr.String())
 		}
