@@ -85,6 +85,11 @@ func groupOf(id string) string {
 // address of the one already running.
 func (m *manager) Start(ctx context.Context, opts *bootapi.BootstrapParams) (_ *bootapi.BootstrapResult, retErr error) {
 	result := &bootapi.BootstrapResult{Version: 3, Protocol: "ttrpc"}
+	// containerd 2.4's mount manager leaves these to the shim: erofs
+	// layers reach the VM as they are, not mounted on the host.
+	if err := result.AddExtension(rootfs.MountCapabilities()); err != nil {
+		return nil, err
+	}
 	id := opts.GetInstanceID()
 	group := groupOf(id)
 

@@ -40,8 +40,14 @@ const UpperImageName = "rootfs-upper.ext4"
 // Convert returns the disks of a rootfs, read-only layers first (topmost
 // first), the writable one last.
 func (c *Converter) Convert(ctx context.Context, bundle string, mounts []*types.Mount) ([]Disk, error) {
+	for i, m := range mounts {
+		log.G(ctx).WithField("i", i).WithField("type", m.Type).WithField("source", m.Source).WithField("options", m.Options).Debug("rootfs mount")
+	}
 	if len(mounts) == 0 {
 		return nil, fmt.Errorf("no rootfs mounts (a container without a rootfs is not supported): %w", errdefs.ErrInvalidArgument)
+	}
+	if isFormatted(mounts) {
+		return c.formatted(ctx, bundle, mounts)
 	}
 	if len(mounts) == 1 {
 		m := mounts[0]
@@ -71,9 +77,9 @@ func (c *Converter) Convert(ctx context.Context, bundle string, mounts []*types.
 		switch {
 		case (m.Type == "erofs" || m.Type == "ext4") && isFile(m.Source):
 			// The erofs snapshotter's layers (and plain images): as they are.
-			for _, o := range m.Options {
-				if strings.HasPrefix(o, "device=") {
-					return nil, fmt.Errorf("rootfs mount %s with %s: multi-device erofs is not supported (set the erofs snapshotter's max_unmerged_layers to 1 or use the overlayfs snapshotter): %w", m.Source, o, errdefs.ErrNotImplemented)
+			if m.Type == "erofs" {
+				if err := checkErofs(m); err != nil {
+					return nil, err
 				}
 			}
 			ro := m.Type == "erofs" || hasOption(m.Options, "ro")

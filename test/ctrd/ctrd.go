@@ -56,6 +56,13 @@ type Options struct {
 	// ConfigVersion is the version of containerd's configuration file: 3
 	// (containerd 2.x) by default, 2 for containerd 1.x.
 	ConfigVersion int
+	// ErofsDefaultSize, for containerd 2.x, sets the erofs snapshotter's
+	// default_size ("64M"): its block mode, where a container's writable
+	// layer is an ext4 image (mkfs/ext4) instead of a directory. The
+	// snapshotter (io.containerd.snapshotter.v1.erofs, built into
+	// containerd 2.4: it needs erofs in the kernel and mkfs.erofs) is
+	// loaded either way; overlayfs stays the default snapshotter.
+	ErofsDefaultSize string
 }
 
 // Containerd16Dir holds Debian 12's containerd 1.6 and its ctr, unpacked
@@ -158,6 +165,14 @@ state = %q
 	} else {
 		toml = `disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.nri.v1.nri"]
 ` + toml
+	}
+	if o.ErofsDefaultSize != "" {
+		if o.ConfigVersion < 3 {
+			return nil, fmt.Errorf("the erofs snapshotter is configured for containerd 2.x only")
+		}
+		toml += fmt.Sprintf(`[plugins.'io.containerd.snapshotter.v1.erofs']
+  default_size = %q
+`, o.ErofsDefaultSize)
 	}
 	if err := os.WriteFile(config, []byte(toml), 0o644); err != nil {
 		return nil, err
