@@ -37,7 +37,7 @@ type process struct {
 	pid        int
 	exitStatus uint32
 	exitedAt   time.Time
-	exited      chan struct{}
+	exited     chan struct{}
 }
 
 func newProcess(c *container, execID string, names stdio) *process {

@@ -68,9 +68,9 @@ var _ taskAPI.TTRPCTaskService = (*Service)(nil)
 func New(ctx context.Context, cfg Config) *Service {
 	runc.Monitor = reaper.Default
 	s := &Service{
-		cfg:        cfg,
-		runc:       &runc.Runc{Command: cfg.Runc, Root: filepath.Join(cfg.Root, ".runc"), Log: filepath.Join(cfg.Root, ".runc.log"), LogFormat: runc.JSON, PdeathSignal: unix.SIGKILL},
-		containers: map[string]*container{},
+		cfg:             cfg,
+		runc:            &runc.Runc{Command: cfg.Runc, Root: filepath.Join(cfg.Root, ".runc"), Log: filepath.Join(cfg.Root, ".runc.log"), LogFormat: runc.JSON, PdeathSignal: unix.SIGKILL},
+		containers:      map[string]*container{},
 		running:         map[int][]*process{},
 		exitSubscribers: map[*map[int][]runc.Exit]struct{}{},
 	}
