@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	agentapi "github.com/qemu-shim/qemu-shim/api/agent/v1"
+	"github.com/qemu-shim/qemu-shim/vm/cmdline"
 	"github.com/qemu-shim/qemu-shim/vm/qmp"
 	"github.com/qemu-shim/qemu-shim/vm/qmp/qmptest"
 )
@@ -22,15 +24,29 @@ import (
 type fakeAgent struct {
 	agentapi.AgentService // anything else panics
 
-	mu       sync.Mutex
-	cpus     uint32
-	memBytes uint64
+	mu        sync.Mutex
+	cpus      uint32 // online
+	present   uint32
+	memBytes  uint64
+	setOnline []uint32 // SetCPUsOnline counts asked
 }
 
 func (a *fakeAgent) Info(context.Context, *agentapi.InfoRequest) (*agentapi.InfoResponse, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return &agentapi.InfoResponse{CpusOnline: a.cpus, MemoryTotalBytes: a.memBytes}, nil
+}
+
+// SetCPUsOnline onlines or offlines as the guest would, within present.
+func (a *fakeAgent) SetCPUsOnline(_ context.Context, r *agentapi.SetCPUsOnlineRequest) (*agentapi.SetCPUsOnlineResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.setOnline = append(a.setOnline, r.Count)
+	if r.Count > a.present {
+		return nil, errdefs.ErrFailedPrecondition
+	}
+	a.cpus = r.Count
+	return &agentapi.SetCPUsOnlineResponse{Online: a.cpus, Present: a.present}, nil
 }
 
 func (a *fakeAgent) update(f func(*fakeAgent)) {
@@ -88,58 +104,189 @@ func (r *hotplugRig) commands() string { return strings.Join(r.qemu.Commands(), 
 
 func intp(v int) *int { return &v }
 
-func TestSetCPUsPlugsTheLowestFreeCores(t *testing.T) {
-	r := newHotplugRig(t, Config{CPUs: 1, MaxCPUs: 4})
-	var mu sync.Mutex
-	present := map[int]bool{0: true}
+// fakeCPUs is QEMU's side of vCPU hot-plug for 4 cores, core 0 booted;
+// device_del of a vCPU answers as the guest does with ost (nil: QEMU 7.2's
+// successful eject, no DEVICE_DELETED naming the vCPU).
+type fakeCPUs struct {
+	mu      sync.Mutex
+	present map[int]string // core → qom-path
+	plugged []cpuDeviceAdd
+	deleted []string
+}
+
+func (r *hotplugRig) fakeCPUs(t *testing.T, ostStatus int) *fakeCPUs {
+	f := &fakeCPUs{present: map[int]string{0: "/machine/unattached/device[0]"}}
+	r.agent.update(func(a *fakeAgent) { a.present = 1 })
 	r.qemu.Handle("query-hotpluggable-cpus", func(qmptest.Call) qmptest.Reply {
-		mu.Lock()
-		defer mu.Unlock()
+		f.mu.Lock()
+		defer f.mu.Unlock()
 		var slots []map[string]any
 		for core := 3; core >= 0; core-- { // QEMU lists them descending
 			s := map[string]any{"type": "qemu64-x86_64-cpu", "vcpus-count": 1,
 				"props": map[string]int{"socket-id": 0, "core-id": core, "thread-id": 0}}
-			if present[core] {
-				s["qom-path"] = "/machine/unattached/device[0]"
+			if p := f.present[core]; p != "" {
+				s["qom-path"] = p
 			}
 			slots = append(slots, s)
 		}
 		return qmptest.Reply{Return: slots}
 	})
-	var plugged []cpuDeviceAdd
 	r.qemu.Handle("device_add", func(c qmptest.Call) qmptest.Reply {
 		var a cpuDeviceAdd
 		if err := c.Decode(&a); err != nil {
 			t.Error(err)
 		}
-		mu.Lock()
-		present[*a.CoreID] = true
-		plugged = append(plugged, a)
-		mu.Unlock()
-		r.agent.update(func(a *fakeAgent) { a.cpus++ })
+		f.mu.Lock()
+		f.present[*a.CoreID] = "/machine/peripheral/" + a.ID
+		f.plugged = append(f.plugged, a)
+		f.mu.Unlock()
+		r.agent.update(func(a *fakeAgent) { a.cpus++; a.present++ })
 		return qmptest.Reply{}
 	})
+	r.qemu.Handle("device_del", func(c qmptest.Call) qmptest.Reply {
+		var a deviceDel
+		c.Decode(&a)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.deleted = append(f.deleted, a.ID)
+		core := -1
+		for k, p := range f.present {
+			if p == "/machine/peripheral/"+a.ID {
+				core = k
+			}
+		}
+		slot := fmt.Sprint(core)
+		ost := func(status int, device bool) qmptest.Event {
+			info := map[string]any{"slot": slot, "slot-type": "CPU", "source": 3, "status": status}
+			if device {
+				info["device"] = a.ID
+			}
+			return qmptest.Event{Name: "ACPI_DEVICE_OST", Data: map[string]any{"info": info}}
+		}
+		if ostStatus != 0 {
+			return qmptest.Reply{Events: []qmptest.Event{ost(0x84, true), ost(ostStatus, true)}}
+		}
+		delete(f.present, core)
+		r.agent.update(func(a *fakeAgent) { a.cpus--; a.present-- })
+		return qmptest.Reply{Events: []qmptest.Event{
+			ost(0x84, true),
+			{Name: "DEVICE_DELETED", Data: map[string]string{"path": "/machine/peripheral/" + a.ID + "/lapic"}},
+			ost(0, false),
+		}}
+	})
+	return f
+}
 
+func (f *fakeCPUs) cores() []int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var c []int
+	for k := range f.present {
+		c = append(c, k)
+	}
+	slices.Sort(c)
+	return c
+}
+
+func TestSetCPUsPlugsTheLowestFreeCores(t *testing.T) {
+	r := newHotplugRig(t, Config{CPUs: 1, MaxCPUs: 4})
+	f := r.fakeCPUs(t, 0)
 	if err := r.inst.SetCPUs(r.ctx, 3); err != nil {
 		t.Fatal(err)
 	}
 	want := []cpuDeviceAdd{
-		{Driver: "qemu64-x86_64-cpu", ID: "cpu-1", SocketID: intp(0), CoreID: intp(1), ThreadID: intp(0)},
-		{Driver: "qemu64-x86_64-cpu", ID: "cpu-2", SocketID: intp(0), CoreID: intp(2), ThreadID: intp(0)},
+		{Driver: "qemu64-x86_64-cpu", ID: "cpu-1-1", SocketID: intp(0), CoreID: intp(1), ThreadID: intp(0)},
+		{Driver: "qemu64-x86_64-cpu", ID: "cpu-2-2", SocketID: intp(0), CoreID: intp(2), ThreadID: intp(0)},
 	}
-	if len(plugged) != len(want) {
-		t.Fatalf("plugged %+v", plugged)
+	if len(f.plugged) != len(want) {
+		t.Fatalf("plugged %+v", f.plugged)
 	}
 	for j := range want {
-		if g, w := plugged[j], want[j]; g.Driver != w.Driver || g.ID != w.ID || *g.SocketID != 0 || *g.CoreID != *w.CoreID || *g.ThreadID != 0 || g.DieID != nil || g.NodeID != nil {
+		if g, w := f.plugged[j], want[j]; g.Driver != w.Driver || g.ID != w.ID || *g.SocketID != 0 || *g.CoreID != *w.CoreID || *g.ThreadID != 0 || g.DieID != nil || g.NodeID != nil {
 			t.Errorf("device_add %d: %+v, want %+v", j, g, w)
 		}
 	}
-	if err := r.inst.SetCPUs(r.ctx, 2); !errors.Is(err, errdefs.ErrNotImplemented) {
-		t.Errorf("shrinking: %v", err)
-	}
 	if err := r.inst.SetCPUs(r.ctx, 5); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("past the maximum: %v", err)
+	}
+	if err := r.inst.SetCPUs(r.ctx, 0); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("no vCPU at all: %v", err)
+	}
+}
+
+// Under TCG a shrink offlines vCPUs in the guest and keeps them plugged; a
+// grow onlines them again before it plugs more.
+func TestSetCPUsShrinksByOffliningUnderTCG(t *testing.T) {
+	r := newHotplugRig(t, Config{CPUs: 1, MaxCPUs: 4})
+	r.inst.accel = cmdline.TCG
+	f := r.fakeCPUs(t, 0)
+	for _, n := range []int{3, 1, 2, 4} {
+		if err := r.inst.SetCPUs(r.ctx, n); err != nil {
+			t.Fatalf("SetCPUs(%d): %v", n, err)
+		}
+		if info, _ := r.agent.Info(r.ctx, nil); int(info.CpusOnline) != n {
+			t.Fatalf("SetCPUs(%d): %d online", n, info.CpusOnline)
+		}
+	}
+	if len(f.deleted) != 0 {
+		t.Errorf("device_del of %v under TCG", f.deleted)
+	}
+	if got := r.agent.setOnline; !slices.Equal(got, []uint32{1, 2, 3}) {
+		t.Errorf("SetCPUsOnline asked %v, want [1 2 3] (shrink to 1, grow to 2, all 3 back before plugging the 4th)", got)
+	}
+	if got := f.cores(); !slices.Equal(got, []int{0, 1, 2, 3}) {
+		t.Errorf("cores %v plugged", got)
+	}
+}
+
+// Under KVM a shrink ejects the highest hot-plugged cores, waiting for the
+// guest's _OST; the next grow plugs the lowest free core again.
+func TestSetCPUsShrinksByEjectingUnderKVM(t *testing.T) {
+	r := newHotplugRig(t, Config{CPUs: 1, MaxCPUs: 4})
+	r.inst.accel = cmdline.KVM
+	f := r.fakeCPUs(t, 0)
+	if err := r.inst.SetCPUs(r.ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.inst.SetCPUs(r.ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(f.deleted, []string{"cpu-2-2", "cpu-1-1"}) {
+		t.Errorf("device_del %v, want the highest core first", f.deleted)
+	}
+	if got := f.cores(); !slices.Equal(got, []int{0}) {
+		t.Errorf("cores %v left", got)
+	}
+	if len(r.inst.hp.cpus) != 0 {
+		t.Errorf("hot-plugged vCPUs still recorded: %v", r.inst.hp.cpus)
+	}
+	if err := r.inst.SetCPUs(r.ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.cores(); !slices.Equal(got, []int{0, 1}) {
+		t.Errorf("cores %v after growing again, want [0 1]", got)
+	}
+	if len(r.agent.setOnline) != 0 {
+		t.Errorf("SetCPUsOnline %v under KVM", r.agent.setOnline)
+	}
+}
+
+// A guest that cannot offline the vCPU says so by _OST: the error says so
+// at once, not after the unplug timeout.
+func TestSetCPUsEjectRefused(t *testing.T) {
+	r := newHotplugRig(t, Config{CPUs: 1, MaxCPUs: 4})
+	r.inst.accel = cmdline.KVM
+	r.fakeCPUs(t, 0x82)
+	if err := r.inst.SetCPUs(r.ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err := r.inst.SetCPUs(r.ctx, 1)
+	if err == nil || !strings.Contains(err.Error(), "refused") || !strings.Contains(err.Error(), "0x82") {
+		t.Errorf("refused eject: %v", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Errorf("refusal took %v", time.Since(start))
 	}
 }
 

@@ -204,3 +204,11 @@ func (p agentProxy) Shutdown(ctx context.Context, r *agentapi.ShutdownRequest) (
 	}
 	return s.Shutdown(ctx, r)
 }
+
+func (p agentProxy) SetCPUsOnline(ctx context.Context, r *agentapi.SetCPUsOnlineRequest) (*agentapi.SetCPUsOnlineResponse, error) {
+	s, err := p.service(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.SetCPUsOnline(ctx, r)
+}

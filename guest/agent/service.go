@@ -21,6 +21,7 @@ import (
 
 	api "github.com/qemu-shim/qemu-shim/api/agent/v1"
 	"github.com/qemu-shim/qemu-shim/guest/blockdev"
+	"github.com/qemu-shim/qemu-shim/guest/hotplug"
 )
 
 // Version is the agent's version, reported by Info.
@@ -367,4 +368,17 @@ func (s *Service) Shutdown(ctx context.Context, _ *api.ShutdownRequest) (*emptyp
 		time.AfterFunc(20*time.Millisecond, s.PowerOff)
 	}
 	return &emptypb.Empty{}, nil
+}
+
+// SetCPUsOnline onlines or offlines CPUs until the count asked are online.
+func (s *Service) SetCPUsOnline(ctx context.Context, r *api.SetCPUsOnlineRequest) (*api.SetCPUsOnlineResponse, error) {
+	if r.Count < 1 {
+		return nil, fmt.Errorf("%d CPUs online: want at least 1: %w", r.Count, errdefs.ErrInvalidArgument)
+	}
+	online, present, err := (&hotplug.Onliner{SysfsRoot: s.SysfsRoot}).SetCPUsOnline(int(r.Count))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
+	}
+	log.G(ctx).WithField("online", online).WithField("present", present).Info("CPUs online set")
+	return &api.SetCPUsOnlineResponse{Online: uint32(online), Present: uint32(present)}, nil
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/containerd/log"
@@ -141,4 +143,59 @@ func parseUevent(b []byte) (action, devpath, subsystem string) {
 		}
 	}
 	return action, devpath, subsystem
+}
+
+// SetCPUsOnline onlines or offlines hot-pluggable CPUs until n are online:
+// the highest-numbered online ones go offline first, the lowest-numbered
+// offline ones come online first. CPUs without an online file (the boot
+// CPU) always count as online. It returns how many are online and present
+// afterwards; an error says why n could not be reached.
+func (o *Onliner) SetCPUsOnline(n int) (online, present int, err error) {
+	dirs, _ := filepath.Glob(filepath.Join(o.SysfsRoot, "devices/system/cpu/cpu[0-9]*"))
+	type cpu struct {
+		num    int
+		state  string // "" for a CPU without an online file
+		online bool
+	}
+	var cpus []cpu
+	for _, d := range dirs {
+		num, e := strconv.Atoi(strings.TrimPrefix(filepath.Base(d), "cpu"))
+		if e != nil {
+			continue
+		}
+		c := cpu{num: num, online: true}
+		if b, e := os.ReadFile(filepath.Join(d, "online")); e == nil {
+			c.state = filepath.Join(d, "online")
+			c.online = strings.TrimSpace(string(b)) == "1"
+		}
+		cpus = append(cpus, c)
+		if c.online {
+			online++
+		}
+	}
+	present = len(cpus)
+	slices.SortFunc(cpus, func(a, b cpu) int { return a.num - b.num })
+	if n > present {
+		return online, present, fmt.Errorf("%d CPUs online asked, the guest has %d", n, present)
+	}
+	for i := len(cpus) - 1; i >= 0 && online > n; i-- {
+		if c := cpus[i]; c.online && c.state != "" {
+			if e := os.WriteFile(c.state, []byte("0"), 0); e != nil {
+				return online, present, fmt.Errorf("offline cpu%d: %w", c.num, e)
+			}
+			online--
+		}
+	}
+	for i := 0; i < len(cpus) && online < n; i++ {
+		if c := cpus[i]; !c.online {
+			if e := os.WriteFile(c.state, []byte("1"), 0); e != nil {
+				return online, present, fmt.Errorf("online cpu%d: %w", c.num, e)
+			}
+			online++
+		}
+	}
+	if online != n {
+		return online, present, fmt.Errorf("%d CPUs online asked, %d can be (the others cannot go offline)", n, online)
+	}
+	return online, present, nil
 }

@@ -61,3 +61,38 @@ func TestParseUevent(t *testing.T) {
 		t.Error("accepted a devpath with ..")
 	}
 }
+
+func TestSetCPUsOnline(t *testing.T) {
+	root := t.TempDir()
+	cpu := func(n string) string { return filepath.Join(root, "devices/system/cpu/cpu"+n+"/online") }
+	os.MkdirAll(filepath.Join(root, "devices/system/cpu/cpu0"), 0o755) // the boot CPU: no online file
+	write(t, cpu("1"), "1\n")
+	write(t, cpu("2"), "1\n")
+	write(t, cpu("10"), "1\n") // numbered, not sorted by name
+	o := &Onliner{SysfsRoot: root}
+
+	online, present, err := o.SetCPUsOnline(2)
+	if err != nil || online != 2 || present != 4 {
+		t.Fatalf("SetCPUsOnline(2) = %d, %d, %v; want 2, 4", online, present, err)
+	}
+	for n, want := range map[string]string{"1": "1\n", "2": "0", "10": "0"} {
+		if got := read(t, cpu(n)); got != want {
+			t.Errorf("cpu%s online %q after shrinking to 2, want %q", n, got, want)
+		}
+	}
+
+	if online, _, err = o.SetCPUsOnline(3); err != nil || online != 3 {
+		t.Fatalf("SetCPUsOnline(3) = %d, %v", online, err)
+	}
+	if read(t, cpu("2")) != "1" || read(t, cpu("10")) != "0" {
+		t.Errorf("growing to 3 must online cpu2 (lowest) first: cpu2 %q cpu10 %q", read(t, cpu("2")), read(t, cpu("10")))
+	}
+
+	if _, _, err := o.SetCPUsOnline(5); err == nil {
+		t.Error("5 online of 4 present: no error")
+	}
+	// The boot CPU cannot go offline.
+	if online, _, err := o.SetCPUsOnline(0); err == nil || online != 1 {
+		t.Errorf("SetCPUsOnline(0) = %d, %v; want 1 and an error", online, err)
+	}
+}

@@ -55,10 +55,10 @@ type Sandbox interface {
 	Release(ctx context.Context, id string, last bool)
 
 	// Grow hot-plugs vCPUs and memory until the VM has at least cpus and
-	// memMiB; Shrink gives memory back down to memMiB where the guest lets
-	// it (vCPUs stay).
+	// memMiB; Shrink gives vCPUs and memory back down to cpus and memMiB
+	// where the guest lets it.
 	Grow(ctx context.Context, cpus, memMiB int) error
-	Shrink(ctx context.Context, memMiB int)
+	Shrink(ctx context.Context, cpus, memMiB int)
 
 	// StateDir is the VM's state directory on the host.
 	StateDir() string

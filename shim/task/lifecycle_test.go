@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -24,6 +26,7 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	eventsapi "github.com/qemu-shim/qemu-shim/api/events/v1"
@@ -56,6 +59,10 @@ func (g *fakeGuest) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*task
 	return &taskAPI.DeleteResponse{Pid: 7, ExitStatus: 3}, nil
 }
 
+func (g *fakeGuest) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
+	return &emptypb.Empty{}, nil
+}
+
 func (g *fakeGuest) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emptypb.Empty, error) {
 	return &emptypb.Empty{}, nil
 }
@@ -81,6 +88,7 @@ type fakeSandbox struct {
 	seq      uint64
 	streams  map[string]net.Conn
 	released map[string]bool // container → last
+	sizes    []string        // "grow C M" and "shrink C M", in order
 }
 
 func newFakeSandbox() *fakeSandbox {
@@ -144,11 +152,20 @@ func (f *fakeSandbox) Release(ctx context.Context, id string, last bool) {
 	f.released[id] = last
 	f.mu.Unlock()
 }
-func (f *fakeSandbox) Grow(ctx context.Context, cpus, memMiB int) error { return nil }
-func (f *fakeSandbox) Shrink(ctx context.Context, memMiB int)           {}
-func (f *fakeSandbox) StateDir() string                                 { return "/run/qemu-shim/fake" }
-func (f *fakeSandbox) Done() <-chan struct{}                            { return f.done }
-func (f *fakeSandbox) ExitStatus() string                               { return "killed" }
+func (f *fakeSandbox) Grow(ctx context.Context, cpus, memMiB int) error {
+	f.mu.Lock()
+	f.sizes = append(f.sizes, fmt.Sprintf("grow %d %d", cpus, memMiB))
+	f.mu.Unlock()
+	return nil
+}
+func (f *fakeSandbox) Shrink(ctx context.Context, cpus, memMiB int) {
+	f.mu.Lock()
+	f.sizes = append(f.sizes, fmt.Sprintf("shrink %d %d", cpus, memMiB))
+	f.mu.Unlock()
+}
+func (f *fakeSandbox) StateDir() string      { return "/run/qemu-shim/fake" }
+func (f *fakeSandbox) Done() <-chan struct{} { return f.done }
+func (f *fakeSandbox) ExitStatus() string    { return "killed" }
 func (f *fakeSandbox) Stop(ctx context.Context) error {
 	f.stop.Do(func() { close(f.done) })
 	return nil
@@ -470,5 +487,32 @@ func TestFailedCreateLeavesNothing(t *testing.T) {
 	r.s.Shutdown(r.ctx, &taskAPI.ShutdownRequest{})
 	if !r.sd.down {
 		t.Errorf("the shim stays up with no container")
+	}
+}
+
+// An Update that lowers a container's CPU quota gives the vCPUs back, after
+// the guest's cgroup took the new limits; one that raises it grows first.
+func TestUpdateGrowsThenShrinksVCPUs(t *testing.T) {
+	r := newRig(t)
+	r.create("c1")
+	update := func(cpus int64) {
+		t.Helper()
+		period := uint64(100000)
+		quota := cpus * 100000
+		res, _ := json.Marshal(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: &quota, Period: &period}})
+		if _, err := r.s.Update(r.ctx, &taskAPI.UpdateTaskRequest{ID: "c1", Resources: &anypb.Any{Value: res}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.sb.mu.Lock()
+	r.sb.sizes = nil
+	r.sb.mu.Unlock()
+	update(3)
+	update(1)
+	r.sb.mu.Lock()
+	defer r.sb.mu.Unlock()
+	want := []string{"grow 3 256", "shrink 3 256", "grow 1 256", "shrink 1 256"}
+	if !slices.Equal(r.sb.sizes, want) {
+		t.Errorf("sizes %q, want %q", r.sb.sizes, want)
 	}
 }

@@ -100,9 +100,9 @@ func (s *Service) grow(ctx context.Context, sb sandbox.Sandbox) error {
 	return sb.Grow(ctx, cpus, mem)
 }
 
-// shrink gives back memory no container needs any more. Called with
-// s.sizeMu held.
+// shrink gives back vCPUs and memory no container needs any more. Called
+// with s.sizeMu held.
 func (s *Service) shrink(ctx context.Context, sb sandbox.Sandbox) {
-	_, mem, _ := s.target(config.Size{})
-	sb.Shrink(ctx, mem)
+	cpus, mem, _ := s.target(config.Size{})
+	sb.Shrink(ctx, cpus, mem)
 }

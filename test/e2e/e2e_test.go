@@ -197,13 +197,18 @@ func TestExecKillPauseUpdate(t *testing.T) {
 		t.Errorf("container cgroup after update: %q", out)
 	}
 
-	// A lower limit gives the memory back.
+	// A lower limit gives the memory back, and no quota the vCPUs.
 	limit = 64 << 20
 	if err := c.task.Update(ctx, containerd.WithResources(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})); err != nil {
 		t.Fatal(err)
 	}
 	if memShrunk := memTotalKiB(t, c, ctx); memShrunk > memBefore+128<<10 {
 		t.Errorf("MemTotal %d KiB after lowering the limit to 64 MiB, was %d KiB before growing", memShrunk, memBefore)
+	}
+	// Without a CPU quota the VM is back to its one vCPU (ejected, or
+	// offlined in the guest under TCG): nproc counts the CPUs it may run on.
+	if _, out := c.exec(ctx, "nproc3", "nproc"); strings.TrimSpace(out) != "1" {
+		t.Errorf("nproc after dropping the CPU quota: %q, want 1", out)
 	}
 
 	if err := c.task.Pause(ctx); err != nil {

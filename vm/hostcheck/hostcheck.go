@@ -41,7 +41,7 @@ func Run(o Options) []Result {
 	if o.QEMU == "" {
 		o.QEMU = "qemu-system-x86_64"
 	}
-	return []Result{kvm(), vhostVsock(), qemu(o.QEMU), confinement(o.QEMU), firmware(), virtiofsd(), guestImage(o.GuestDir), cgroup2()}
+	return []Result{kvm(), cpuShrink(), vhostVsock(), qemu(o.QEMU), confinement(o.QEMU), firmware(), virtiofsd(), guestImage(o.GuestDir), cgroup2()}
 }
 
 // confinement checks that QEMU can run with its seccomp filter and
@@ -70,6 +70,18 @@ func kvm() Result {
 	}
 	return Result{Name: "kvm", Level: Warn, Detail: why,
 		Fix: "VMs run under TCG (several times slower); on bare metal load kvm_intel or kvm_amd, in a VM enable nested virtualisation"}
+}
+
+// cpuShrink says how Update gives vCPUs back: ejected where QEMU survives
+// it, offlined in the guest elsewhere.
+func cpuShrink() Result {
+	accel, _ := vm.DetectAccel()
+	eject, why := vm.CPUEject(accel)
+	if eject {
+		return Result{Name: "vCPU shrink", Level: OK, Detail: why}
+	}
+	return Result{Name: "vCPU shrink", Level: Warn, Detail: why + " (the host keeps their slots)",
+		Fix: "use KVM: there vCPUs are ejected"}
 }
 
 func vhostVsock() Result {

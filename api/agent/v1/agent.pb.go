@@ -695,6 +695,104 @@ func (*ShutdownRequest) Descriptor() ([]byte, []int) {
 	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
+type SetCPUsOnlineRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Count         uint32                 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetCPUsOnlineRequest) Reset() {
+	*x = SetCPUsOnlineRequest{}
+	mi := &file_api_agent_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetCPUsOnlineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetCPUsOnlineRequest) ProtoMessage() {}
+
+func (x *SetCPUsOnlineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetCPUsOnlineRequest.ProtoReflect.Descriptor instead.
+func (*SetCPUsOnlineRequest) Descriptor() ([]byte, []int) {
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SetCPUsOnlineRequest) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+type SetCPUsOnlineResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// online is how many CPUs are online afterwards.
+	Online uint32 `protobuf:"varint,1,opt,name=online,proto3" json:"online,omitempty"`
+	// present is how many CPUs the guest has, online or not.
+	Present       uint32 `protobuf:"varint,2,opt,name=present,proto3" json:"present,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetCPUsOnlineResponse) Reset() {
+	*x = SetCPUsOnlineResponse{}
+	mi := &file_api_agent_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetCPUsOnlineResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetCPUsOnlineResponse) ProtoMessage() {}
+
+func (x *SetCPUsOnlineResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetCPUsOnlineResponse.ProtoReflect.Descriptor instead.
+func (*SetCPUsOnlineResponse) Descriptor() ([]byte, []int) {
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SetCPUsOnlineResponse) GetOnline() uint32 {
+	if x != nil {
+		return x.Online
+	}
+	return 0
+}
+
+func (x *SetCPUsOnlineResponse) GetPresent() uint32 {
+	if x != nil {
+		return x.Present
+	}
+	return 0
+}
+
 var File_api_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_api_agent_v1_agent_proto_rawDesc = "" +
@@ -748,14 +846,20 @@ const file_api_agent_v1_agent_proto_rawDesc = "" +
 	"\x10ReadFileResponse\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1c\n" +
 	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"\x11\n" +
-	"\x0fShutdownRequest2\x98\x03\n" +
+	"\x0fShutdownRequest\",\n" +
+	"\x14SetCPUsOnlineRequest\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\rR\x05count\"I\n" +
+	"\x15SetCPUsOnlineResponse\x12\x16\n" +
+	"\x06online\x18\x01 \x01(\rR\x06online\x12\x18\n" +
+	"\apresent\x18\x02 \x01(\rR\apresent2\xfc\x03\n" +
 	"\x05Agent\x12G\n" +
 	"\x04Info\x12\x1e.qemushim.agent.v1.InfoRequest\x1a\x1f.qemushim.agent.v1.InfoResponse\x12Y\n" +
 	"\n" +
 	"MountBlock\x12$.qemushim.agent.v1.MountBlockRequest\x1a%.qemushim.agent.v1.MountBlockResponse\x12N\n" +
 	"\fUnmountBlock\x12&.qemushim.agent.v1.UnmountBlockRequest\x1a\x16.google.protobuf.Empty\x12S\n" +
 	"\bReadFile\x12\".qemushim.agent.v1.ReadFileRequest\x1a#.qemushim.agent.v1.ReadFileResponse\x12F\n" +
-	"\bShutdown\x12\".qemushim.agent.v1.ShutdownRequest\x1a\x16.google.protobuf.EmptyB3Z1github.com/qemu-shim/qemu-shim/api/agent/v1;agentb\x06proto3"
+	"\bShutdown\x12\".qemushim.agent.v1.ShutdownRequest\x1a\x16.google.protobuf.Empty\x12b\n" +
+	"\rSetCPUsOnline\x12'.qemushim.agent.v1.SetCPUsOnlineRequest\x1a(.qemushim.agent.v1.SetCPUsOnlineResponseB3Z1github.com/qemu-shim/qemu-shim/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_api_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -769,20 +873,22 @@ func file_api_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_api_agent_v1_agent_proto_rawDescData
 }
 
-var file_api_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_api_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_api_agent_v1_agent_proto_goTypes = []any{
-	(*InfoRequest)(nil),         // 0: qemushim.agent.v1.InfoRequest
-	(*InfoResponse)(nil),        // 1: qemushim.agent.v1.InfoResponse
-	(*NetInterface)(nil),        // 2: qemushim.agent.v1.NetInterface
-	(*BootStep)(nil),            // 3: qemushim.agent.v1.BootStep
-	(*BlockDevice)(nil),         // 4: qemushim.agent.v1.BlockDevice
-	(*MountBlockRequest)(nil),   // 5: qemushim.agent.v1.MountBlockRequest
-	(*MountBlockResponse)(nil),  // 6: qemushim.agent.v1.MountBlockResponse
-	(*UnmountBlockRequest)(nil), // 7: qemushim.agent.v1.UnmountBlockRequest
-	(*ReadFileRequest)(nil),     // 8: qemushim.agent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),    // 9: qemushim.agent.v1.ReadFileResponse
-	(*ShutdownRequest)(nil),     // 10: qemushim.agent.v1.ShutdownRequest
-	(*emptypb.Empty)(nil),       // 11: google.protobuf.Empty
+	(*InfoRequest)(nil),           // 0: qemushim.agent.v1.InfoRequest
+	(*InfoResponse)(nil),          // 1: qemushim.agent.v1.InfoResponse
+	(*NetInterface)(nil),          // 2: qemushim.agent.v1.NetInterface
+	(*BootStep)(nil),              // 3: qemushim.agent.v1.BootStep
+	(*BlockDevice)(nil),           // 4: qemushim.agent.v1.BlockDevice
+	(*MountBlockRequest)(nil),     // 5: qemushim.agent.v1.MountBlockRequest
+	(*MountBlockResponse)(nil),    // 6: qemushim.agent.v1.MountBlockResponse
+	(*UnmountBlockRequest)(nil),   // 7: qemushim.agent.v1.UnmountBlockRequest
+	(*ReadFileRequest)(nil),       // 8: qemushim.agent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),      // 9: qemushim.agent.v1.ReadFileResponse
+	(*ShutdownRequest)(nil),       // 10: qemushim.agent.v1.ShutdownRequest
+	(*SetCPUsOnlineRequest)(nil),  // 11: qemushim.agent.v1.SetCPUsOnlineRequest
+	(*SetCPUsOnlineResponse)(nil), // 12: qemushim.agent.v1.SetCPUsOnlineResponse
+	(*emptypb.Empty)(nil),         // 13: google.protobuf.Empty
 }
 var file_api_agent_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: qemushim.agent.v1.InfoResponse.block_devices:type_name -> qemushim.agent.v1.BlockDevice
@@ -793,13 +899,15 @@ var file_api_agent_v1_agent_proto_depIdxs = []int32{
 	7,  // 5: qemushim.agent.v1.Agent.UnmountBlock:input_type -> qemushim.agent.v1.UnmountBlockRequest
 	8,  // 6: qemushim.agent.v1.Agent.ReadFile:input_type -> qemushim.agent.v1.ReadFileRequest
 	10, // 7: qemushim.agent.v1.Agent.Shutdown:input_type -> qemushim.agent.v1.ShutdownRequest
-	1,  // 8: qemushim.agent.v1.Agent.Info:output_type -> qemushim.agent.v1.InfoResponse
-	6,  // 9: qemushim.agent.v1.Agent.MountBlock:output_type -> qemushim.agent.v1.MountBlockResponse
-	11, // 10: qemushim.agent.v1.Agent.UnmountBlock:output_type -> google.protobuf.Empty
-	9,  // 11: qemushim.agent.v1.Agent.ReadFile:output_type -> qemushim.agent.v1.ReadFileResponse
-	11, // 12: qemushim.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
-	8,  // [8:13] is the sub-list for method output_type
-	3,  // [3:8] is the sub-list for method input_type
+	11, // 8: qemushim.agent.v1.Agent.SetCPUsOnline:input_type -> qemushim.agent.v1.SetCPUsOnlineRequest
+	1,  // 9: qemushim.agent.v1.Agent.Info:output_type -> qemushim.agent.v1.InfoResponse
+	6,  // 10: qemushim.agent.v1.Agent.MountBlock:output_type -> qemushim.agent.v1.MountBlockResponse
+	13, // 11: qemushim.agent.v1.Agent.UnmountBlock:output_type -> google.protobuf.Empty
+	9,  // 12: qemushim.agent.v1.Agent.ReadFile:output_type -> qemushim.agent.v1.ReadFileResponse
+	13, // 13: qemushim.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
+	12, // 14: qemushim.agent.v1.Agent.SetCPUsOnline:output_type -> qemushim.agent.v1.SetCPUsOnlineResponse
+	9,  // [9:15] is the sub-list for method output_type
+	3,  // [3:9] is the sub-list for method input_type
 	3,  // [3:3] is the sub-list for extension type_name
 	3,  // [3:3] is the sub-list for extension extendee
 	0,  // [0:3] is the sub-list for field type_name
@@ -816,7 +924,7 @@ func file_api_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_agent_v1_agent_proto_rawDesc), len(file_api_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

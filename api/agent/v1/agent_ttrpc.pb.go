@@ -14,6 +14,7 @@ type AgentService interface {
 	UnmountBlock(context.Context, *UnmountBlockRequest) (*emptypb.Empty, error)
 	ReadFile(context.Context, *ReadFileRequest) (*ReadFileResponse, error)
 	Shutdown(context.Context, *ShutdownRequest) (*emptypb.Empty, error)
+	SetCPUsOnline(context.Context, *SetCPUsOnlineRequest) (*SetCPUsOnlineResponse, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -53,6 +54,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.Shutdown(ctx, &req)
+			},
+			"SetCPUsOnline": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req SetCPUsOnlineRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.SetCPUsOnline(ctx, &req)
 			},
 		},
 	})
@@ -103,6 +111,14 @@ func (c *agentClient) ReadFile(ctx context.Context, req *ReadFileRequest) (*Read
 func (c *agentClient) Shutdown(ctx context.Context, req *ShutdownRequest) (*emptypb.Empty, error) {
 	var resp emptypb.Empty
 	if err := c.client.Call(ctx, "qemushim.agent.v1.Agent", "Shutdown", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) SetCPUsOnline(ctx context.Context, req *SetCPUsOnlineRequest) (*SetCPUsOnlineResponse, error) {
+	var resp SetCPUsOnlineResponse
+	if err := c.client.Call(ctx, "qemushim.agent.v1.Agent", "SetCPUsOnline", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
