@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/fifo"
 	"github.com/containerd/log"
@@ -215,15 +216,10 @@ func (p *IO) startLogger(ctx context.Context, namespace, id string, u *url.URL) 
 		errW.Close()
 		return nil, nil, err
 	}
-	var args []string
-	for k, vs := range u.Query() {
-		args = append(args, k)
-		if len(vs) > 0 && vs[0] != "" {
-			args = append(args, vs[0])
-		}
-	}
-	cmd := exec.Command(u.Path, args...)
-	cmd.Env = append(os.Environ(), "CONTAINER_ID="+id, "CONTAINER_NAMESPACE="+namespace)
+	// The logger is started as the runc shim starts it: its arguments
+	// from the URI's query, CONTAINER_ID and CONTAINER_NAMESPACE its only
+	// environment.
+	cmd := process.NewBinaryCmd(u, id, namespace)
 	cmd.ExtraFiles = []*os.File{outR, errR, readyW}
 	err = cmd.Start()
 	outR.Close()

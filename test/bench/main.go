@@ -39,7 +39,7 @@ func main() {
 	guestDir := flag.String("guest-dir", guestimage.Dir(), "guest image directory")
 	runcPath := flag.String("runc", "build/runc", "runc binary for the host baseline")
 	runs := flag.Int("n", 7, "runs of each measurement")
-	only := flag.String("only", "", "run one section: boot, containers, ctr, share, bind, net or cri")
+	only := flag.String("only", "", "run one section: boot, containers, ctr, share, bind, net, cri or hotplug")
 	flag.Parse()
 	log.SetLevel("warn")
 	section = *only
@@ -115,6 +115,7 @@ func run(guestDir, runcPath string, runs int) error {
 		{"bind", func() error { return bindSection(runs) }},
 		{"net", func() error { return netSection(runs) }},
 		{"cri", func() error { return criSection(runs) }},
+		{"hotplug", func() error { return hotplugSection(work, img, runs) }},
 	} {
 		if want(s.name) {
 			fmt.Printf("\n")

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -157,6 +158,16 @@ func TestCrictlPod(t *testing.T) {
 	}
 	if out := crictl(ctx, t, "logs", ids[1]); out != "second says hello\n" {
 		t.Errorf("logs: %q", out)
+	}
+	// In-place resize (UpdateContainerResources): the container's cgroup
+	// in the guest takes the new limits, and the VM grows for them: three
+	// vCPUs for a quota of three, on top of the pod's own two.
+	crictl(ctx, t, "update", "--cpu-period", "100000", "--cpu-quota", "300000", "--memory", strconv.Itoa(768<<20), ids[0])
+	if out := crictl(ctx, t, "exec", ids[0], "cat", "/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/memory.max"); out != "300000 100000\n"+strconv.Itoa(768<<20)+"\n" {
+		t.Errorf("after update, the container's cgroup says %q", out)
+	}
+	if n := crictl(ctx, t, "exec", ids[0], "nproc"); n != "3\n" {
+		t.Errorf("after update to 3 CPUs, the VM has %q vCPUs", n)
 	}
 	for _, id := range ids {
 		crictl(ctx, t, "stop", "--timeout", "2", id)

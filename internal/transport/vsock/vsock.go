@@ -45,26 +45,11 @@ func (h *Host) Dial(ctx context.Context) (net.Conn, error) {
 
 // dial bounds one connection attempt by ctx.
 func dial(ctx context.Context, cid, port uint32) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
+	c, err := vsock.DialContext(ctx, cid, port, nil)
+	if err != nil {
+		return nil, err // not a nil *vsock.Conn in a non-nil net.Conn
 	}
-	ch := make(chan result, 1)
-	go func() {
-		c, err := vsock.Dial(cid, port, nil)
-		ch <- result{c, err}
-	}()
-	select {
-	case r := <-ch:
-		return r.c, r.err
-	case <-ctx.Done():
-		go func() {
-			if r := <-ch; r.c != nil {
-				r.c.Close()
-			}
-		}()
-		return nil, ctx.Err()
-	}
+	return c, nil
 }
 
 // transient reports errors that mean "not yet" rather than "never".
