@@ -1,7 +1,8 @@
 // Package compat runs the shim under containerd 1.6 (Debian 12's, unpacked
 // by 'make containerd16' into build/), which starts shims without the
 // bootstrap protocol and speaks task API v2: a private containerd 1.6 with
-// its own root, state and socket, driven by its own ctr.
+// its own root, state and socket, driven by its own ctr, and one with its
+// CRI plugin, driven by crictl.
 package compat
 
 import (

@@ -35,6 +35,8 @@ type Daemon struct {
 	log                     string
 	cri                     bool
 	binDir                  string
+	// Bridge and Subnet are the CRI network's (with Options.CRI).
+	Bridge, Subnet string
 }
 
 // RepoDir is the checkout's top directory.
@@ -48,6 +50,9 @@ type Options struct {
 	// CRI enables containerd's CRI plugin with runtime handlers "runc" and
 	// "qemu" (this shim), a bridge CNI network of the daemon's own, and a
 	// pause image built from test/pause; images go to CRINamespace too.
+	// With ConfigVersion 2 it is containerd 1.x's CRI configuration
+	// (containerd 1.6), on bridge CRI16Bridge, so that it can run beside
+	// a containerd 2.x's on CRIBridge.
 	CRI bool
 	// BinDir, relative to the checkout, holds the containerd and ctr to
 	// run: by default build/containerd-bin (containerd 2.4, 'make
@@ -77,6 +82,8 @@ const (
 	CritestBusybox = "registry.k8s.io/e2e-test-images/busybox:1.29-2"
 	CRIBridge      = "qs-cri0"
 	CRISubnet      = "10.213.11.0/24"
+	CRI16Bridge    = "qs-cri16"
+	CRI16Subnet    = "10.213.16.0/24"
 )
 
 // Start starts containerd with the checkout's shim, guest image and a fresh
@@ -91,10 +98,16 @@ func StartWith(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 	if o.ConfigVersion == 0 {
 		o.ConfigVersion = 3
 	}
-	if o.CRI && o.ConfigVersion != 3 {
-		return nil, fmt.Errorf("CRI is configured for containerd 2.x only")
+	if o.CRI && o.ConfigVersion != 3 && o.ConfigVersion != 2 {
+		return nil, fmt.Errorf("CRI is configured for configuration versions 2 (containerd 1.6) and 3 (containerd 2.x) only")
 	}
 	d := &Daemon{Repo: RepoDir(), cri: o.CRI, binDir: o.BinDir}
+	if o.CRI {
+		d.Bridge, d.Subnet = CRIBridge, CRISubnet
+		if o.ConfigVersion == 2 {
+			d.Bridge, d.Subnet = CRI16Bridge, CRI16Subnet
+		}
+	}
 	for what, p := range map[string]string{
 		"containerd": d.bin(o.BinDir + "/containerd"),
 		"the shim":   d.bin("bin/containerd-shim-qemu-v1"),
@@ -150,12 +163,21 @@ state = %q
   address = %q
 `, o.ConfigVersion, filepath.Join(d.Work, "root"), filepath.Join(d.Run, "state"), d.Socket, d.Socket+".ttrpc")
 	if o.ConfigVersion < 3 {
-		// containerd 1.x: no CRI, and its managed /opt in the work
-		// directory, not the host's.
-		toml = `disabled_plugins = ["io.containerd.grpc.v1.cri"]
-` + toml + fmt.Sprintf(`[plugins."io.containerd.internal.v1.opt"]
+		// containerd 1.x: its managed /opt in the work directory, not
+		// the host's, and CRI only if asked for.
+		toml += fmt.Sprintf(`[plugins."io.containerd.internal.v1.opt"]
   path = %q
 `, filepath.Join(d.Work, "opt"))
+		if o.CRI {
+			cri, err := d.cri16Config(shimConfig)
+			if err != nil {
+				return nil, err
+			}
+			toml += cri
+		} else {
+			toml = `disabled_plugins = ["io.containerd.grpc.v1.cri"]
+` + toml
+		}
 	} else if o.CRI {
 		cri, err := d.criConfig(shimConfig)
 		if err != nil {
@@ -217,9 +239,9 @@ state = %q
 	return d, nil
 }
 
-// criConfig writes the CNI network and returns the CRI plugins' part of
-// containerd's configuration.
-func (d *Daemon) criConfig(shimConfig string) (string, error) {
+// writeCNI writes the daemon's bridge CNI network and returns its
+// configuration directory.
+func (d *Daemon) writeCNI() (string, error) {
 	netDir := filepath.Join(d.Work, "cni-net.d")
 	if err := os.MkdirAll(netDir, 0o755); err != nil {
 		return "", err
@@ -227,8 +249,18 @@ func (d *Daemon) criConfig(shimConfig string) (string, error) {
 	conflist := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "qemu-shim-cri", "plugins": [
   {"type": "bridge", "bridge": %q, "isGateway": true, "ipMasq": false,
    "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": %q}},
-  {"type": "portmap", "capabilities": {"portMappings": true}}]}`, CRIBridge, CRISubnet, filepath.Join(d.Work, "cni-ipam"))
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}`, d.Bridge, d.Subnet, filepath.Join(d.Work, "cni-ipam"))
 	if err := os.WriteFile(filepath.Join(netDir, "10-qemu-shim.conflist"), []byte(conflist), 0o644); err != nil {
+		return "", err
+	}
+	return netDir, nil
+}
+
+// criConfig writes the CNI network and returns the CRI plugins' part of
+// containerd 2.x's configuration.
+func (d *Daemon) criConfig(shimConfig string) (string, error) {
+	netDir, err := d.writeCNI()
+	if err != nil {
 		return "", err
 	}
 	return fmt.Sprintf(`[plugins.'io.containerd.grpc.v1.cri']
@@ -251,6 +283,37 @@ func (d *Daemon) criConfig(shimConfig string) (string, error) {
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.qemu]
       runtime_type = %q
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.qemu.options]
+        ConfigPath = %q
+`, PauseRef, netDir, Runtime, shimConfig), nil
+}
+
+// cri16Config writes the CNI network and returns the CRI plugin's part of
+// containerd 1.6's configuration (version 2: one plugin,
+// io.containerd.grpc.v1.cri). runc, as for 2.x, is the checkout's
+// build/runc, found on PATH by 1.6's containerd-shim-runc-v2. 1.6 has no
+// netns_mounts_under_state_dir: pods' network namespaces are mounted under
+// /var/run/netns, as on any 1.6 node.
+func (d *Daemon) cri16Config(shimConfig string) (string, error) {
+	netDir, err := d.writeCNI()
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf(`[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %q
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  # Root here lacks CAP_SYS_RESOURCE.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = %q
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.qemu]
+      runtime_type = %q
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.qemu.options]
         ConfigPath = %q
 `, PauseRef, netDir, Runtime, shimConfig), nil
 }
@@ -363,7 +426,7 @@ func (d *Daemon) Close() {
 		}
 	}
 	if d.cri {
-		exec.Command("ip", "link", "del", CRIBridge).Run()
+		exec.Command("ip", "link", "del", d.Bridge).Run()
 	}
 	// (CRI mounts pods' network namespaces and shm below them.)
 	if d.Run != "" {
