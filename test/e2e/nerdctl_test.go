@@ -142,13 +142,11 @@ func TestNerdctlDefaultNetwork(t *testing.T) {
 	if out := n.run(ctx, t, "ps", "-a", "-q"); strings.TrimSpace(out) != "" {
 		t.Errorf("containers left: %q", out)
 	}
-	if entries, _ := os.ReadDir("/var/run/netns"); len(entries) > 0 {
-		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), "cni-") {
-				t.Errorf("network namespace left: %s", e.Name())
-			}
-		}
-	}
+	// (The network namespace the shim makes for nerdctl's hooks is a file
+	// in the bundle, which containerd removes; a mount of it left behind
+	// is one of TestZZNothingLeftBehind's leftovers. /var/run/netns is not
+	// looked at: containerd 1.6's CRI, tested at the same time in
+	// test/compat, keeps its pods' namespaces there.)
 	// CNI DEL ran (nerdctl's poststop hook): no port mapping is left.
 	if out, err := exec.Command("iptables", "-t", "nat", "-S").Output(); err == nil && strings.Contains(string(out), "CNI-DN-") {
 		t.Errorf("port mapping rules left: %s", out)
