@@ -99,35 +99,28 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	host := stdio.Stdio{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal}
 	c := &container{id: r.ID, bundle: r.Bundle, rootfs: r.Rootfs, stdio: host, size: size, procs: map[string]*proc{}}
 	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("container %s: the shim is shutting down: %w", r.ID, errdefs.ErrFailedPrecondition)
+	}
 	if _, ok := s.containers[r.ID]; ok {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists)
 	}
 	s.containers[r.ID] = c
 	s.mu.Unlock()
+	var sb sandbox.Sandbox
+	bootedHere := false
 	defer func() {
 		if retErr != nil {
-			s.mu.Lock()
-			delete(s.containers, r.ID)
-			s.mu.Unlock()
+			s.failedCreate(ctx, c, sb, bootedHere)
 		}
 	}()
 
-	sb, bootedHere, err := s.sandboxFor(ctx, r.ID, cfg, spec, size, podSize)
+	sb, bootedHere, err = s.sandboxFor(ctx, r.ID, cfg, spec, size, podSize)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if retErr != nil {
-			s.mu.Lock()
-			last := len(s.containers) == 1
-			s.mu.Unlock()
-			sb.Release(ctx, r.ID, last)
-			if bootedHere && last {
-				s.stopSandbox(ctx, sb)
-			}
-		}
-	}()
 	if !bootedHere { // a pod's next container
 		if err := s.resize(ctx, sb); err != nil {
 			return nil, fmt.Errorf("container %s: %w", r.ID, err)
@@ -162,12 +155,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if retErr != nil {
-			hh.Poststop(ctx) // as runc's destroy of a failed create
-		}
-	}()
-	c.hooks = hh
+	c.hooks = hh // their poststop runs in failedCreate, as runc's destroy of a failed create
 	if netPath != "" {
 		if err := sb.JoinNetwork(ctx, r.ID, netPath); err != nil {
 			return nil, err
@@ -209,8 +197,45 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	c.procs[""] = p
 	c.pid = resp.Pid
 	c.created = true
+	gone := s.gone[sb]
 	s.mu.Unlock()
+	if gone {
+		// The VM ended after the guest made the container but before it
+		// was known here, so watchSandbox did not see it: it is killed.
+		s.reportKilled(c.id, "", p, c.pid)
+	}
 	return resp, nil
+}
+
+// failedCreate undoes a create that failed, in the order a delete does:
+// what the VM holds for the container (disks, cards, staged mounts), then
+// its poststop hooks (CNI DEL), then the container itself; the VM it
+// booted is stopped if no other container came meanwhile, and a VM that
+// grew for it gives back what it no longer needs.
+func (s *Service) failedCreate(ctx context.Context, c *container, sb sandbox.Sandbox, bootedHere bool) {
+	if sb != nil {
+		s.mu.Lock()
+		last := len(s.containers) == 1
+		s.mu.Unlock()
+		sb.Release(ctx, c.id, last)
+	}
+	c.hooks.Poststop(ctx)
+	// bootMu: no Create takes the sandbox while it is being stopped.
+	s.bootMu.Lock()
+	defer s.bootMu.Unlock()
+	s.mu.Lock()
+	delete(s.containers, c.id)
+	last := len(s.containers) == 0
+	s.mu.Unlock()
+	switch {
+	case sb == nil:
+	case bootedHere && last:
+		s.stopSandbox(ctx, sb)
+	case !last && !ended(sb):
+		s.sizeMu.Lock()
+		s.shrink(ctx, sb)
+		s.sizeMu.Unlock()
+	}
 }
 
 // sandboxFor returns the shim's sandbox, booting it for this container if

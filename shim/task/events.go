@@ -61,10 +61,10 @@ func (s *Service) runRelay(containerID string, r *relay) {
 // resumed after the last event seen if it breaks.
 func (s *Service) forwardEvents(sb sandbox.Sandbox) {
 	ctx := s.ctx
+	// The last event seen: the stream resumes after it. It is this VM's
+	// (each VM numbers its events from 1).
+	var after uint64
 	for {
-		s.mu.Lock()
-		after := s.lastEvent
-		s.mu.Unlock()
 		sctx, cancel := context.WithCancel(ctx)
 		stream, err := sb.Events(sctx, after)
 		if err == nil {
@@ -74,6 +74,10 @@ func (s *Service) forwardEvents(sb sandbox.Sandbox) {
 					err = rerr
 					break
 				}
+				if e.Seq <= after {
+					continue // seen before the stream broke
+				}
+				after = e.Seq
 				s.receive(ctx, e)
 			}
 		}
@@ -92,13 +96,6 @@ func (s *Service) forwardEvents(sb sandbox.Sandbox) {
 // topics, about containers of this shim, go on to containerd, with the
 // host's view of the container where the guest's differs.
 func (s *Service) receive(ctx context.Context, e *eventsapi.Envelope) {
-	s.mu.Lock()
-	if e.Seq <= s.lastEvent {
-		s.mu.Unlock()
-		return
-	}
-	s.lastEvent = e.Seq
-	s.mu.Unlock()
 	v, err := typeurl.UnmarshalAny(e.Event)
 	if err != nil {
 		log.G(ctx).WithError(err).WithField("topic", e.Topic).Warn("undecodable event from the agent")
@@ -165,38 +162,33 @@ func taskEvent(topic string, v any) bool {
 }
 
 // watchSandbox reports every process that was running as killed if the
-// VM ends under it; a process never started gets no exit event, as with
-// the runc shim, but is over too.
+// VM ends under it: per container, its execs first and its init last, as
+// the runc shim orders them. A process never started gets no exit event,
+// as with the runc shim, but is over too. A container whose create
+// returns after this (s.gone) is reported by create itself.
 func (s *Service) watchSandbox(sb sandbox.Sandbox) {
 	<-sb.Done()
-	s.mu.Lock()
-	reported := s.reportedFor(sb)
 	type orphan struct {
+		c       *container
+		execID  string
 		p       *proc
-		ev      *eventstypes.TaskExit
-		publish bool
+		started bool
 	}
 	var orphans []orphan
+	s.mu.Lock()
+	reported := s.reportedFor(sb)
+	s.gone[sb] = true
 	for _, c := range s.containers {
 		if !c.created {
 			continue
 		}
 		for execID, p := range c.procs {
-			id := c.id
 			if execID != "" {
-				id = execID
+				orphans = append(orphans, orphan{c, execID, p, p.isStarted()})
 			}
-			ev := &eventstypes.TaskExit{ContainerID: c.id, ID: id, ExitStatus: 128 + 9, ExitedAt: timestamppb.Now()}
-			if execID == "" {
-				ev.Pid = c.pid
-			}
-			// An init is a process in the guest from its create on; an
-			// exec only once started.
-			publish := execID == "" || p.isStarted()
-			if !publish {
-				ev.ExitStatus = 0
-			}
-			orphans = append(orphans, orphan{p, ev, publish})
+		}
+		if p := c.procs[""]; p != nil {
+			orphans = append(orphans, orphan{c, "", p, true})
 		}
 	}
 	s.mu.Unlock()
@@ -204,15 +196,32 @@ func (s *Service) watchSandbox(sb sandbox.Sandbox) {
 		log.G(s.ctx).WithField("status", sb.ExitStatus()).Error("the VM ended under its containers")
 	}
 	for _, o := range orphans {
-		o.p.io.Close()
-		if o.p.setExit(o.ev) && o.publish {
-			ev := o.ev
-			s.enqueue(ev.ContainerID, func() {
-				s.publisher.Publish(s.ctx, runtime.TaskExitEventTopic, ev)
-			})
+		if o.started {
+			s.reportKilled(o.c.id, o.execID, o.p, o.c.pid)
+		} else {
+			o.p.io.Close()
+			o.p.setExit(&eventstypes.TaskExit{ContainerID: o.c.id, ID: o.execID})
 		}
 	}
 	close(reported)
+}
+
+// reportKilled records a process as killed with the VM and publishes its
+// exit, in order after its container's earlier events.
+func (s *Service) reportKilled(containerID, execID string, p *proc, initPid uint32) {
+	id := containerID
+	ev := &eventstypes.TaskExit{ContainerID: containerID, ID: containerID, ExitStatus: 128 + 9, ExitedAt: timestamppb.Now()}
+	if execID == "" {
+		ev.Pid = initPid
+	} else {
+		ev.ID = execID
+	}
+	p.io.Close()
+	if p.setExit(ev) {
+		s.enqueue(id, func() {
+			s.publisher.Publish(s.ctx, runtime.TaskExitEventTopic, ev)
+		})
+	}
 }
 
 // reportedFor is closed once the processes of sb have been reported

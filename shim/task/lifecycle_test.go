@@ -516,3 +516,43 @@ func TestUpdateGrowsThenShrinksVCPUs(t *testing.T) {
 		t.Errorf("sizes %q, want %q", r.sb.sizes, want)
 	}
 }
+
+// Deleting right after the VM ended reports the kill, never a clean exit,
+// and containerd hears of the exits (execs first, the init last) and then
+// of the delete.
+func TestDeleteRightAfterVMEndReportsTheKill(t *testing.T) {
+	r := newRig(t)
+	r.create("c1")
+	if _, err := r.s.Start(r.ctx, &taskAPI.StartRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.s.Exec(r.ctx, &taskAPI.ExecProcessRequest{ID: "c1", ExecID: "e1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.s.Start(r.ctx, &taskAPI.StartRequest{ID: "c1", ExecID: "e1"}); err != nil {
+		t.Fatal(err)
+	}
+	r.sb.Stop(r.ctx)
+	d, err := r.s.Delete(r.ctx, &taskAPI.DeleteRequest{ID: "c1"})
+	if err != nil || d.ExitStatus != 137 {
+		t.Fatalf("delete right after the VM ended: %v, %v; want 137", d, err)
+	}
+	r.pub.waitFor(t, "TaskDelete", func(e publishedEvent) bool { return e.topic == runtime.TaskDeleteEventTopic })
+	var order []string
+	for _, e := range r.pub.topics() {
+		if e == runtime.TaskExitEventTopic || e == runtime.TaskDeleteEventTopic {
+			order = append(order, e)
+		}
+	}
+	r.pub.mu.Lock()
+	var exits []string
+	for _, e := range r.pub.events {
+		if x, ok := e.event.(*eventstypes.TaskExit); ok {
+			exits = append(exits, x.ID)
+		}
+	}
+	r.pub.mu.Unlock()
+	if len(order) != 3 || order[2] != runtime.TaskDeleteEventTopic || len(exits) != 2 || exits[0] != "e1" || exits[1] != "c1" {
+		t.Errorf("events %v, exits %v: want e1's exit, c1's exit, then the delete", order, exits)
+	}
+}

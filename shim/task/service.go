@@ -11,8 +11,10 @@ import (
 	"syscall"
 	"time"
 
+	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/core/runtime"
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/containerd/v2/pkg/shutdown"
 	"github.com/containerd/errdefs"
@@ -58,12 +60,15 @@ type Service struct {
 	sb         sandbox.Sandbox // nil before the first Create
 	cfg        config.Config   // the configuration the VM booted with
 	containers map[string]*container
-	lastEvent  uint64
 	// relays order each container's events (see events.go).
 	relays map[string]*relay
 	// reported is closed per sandbox once watchSandbox has reported its
 	// processes after its end.
 	reported map[sandbox.Sandbox]chan struct{}
+	// gone marks the sandboxes whose end watchSandbox has taken in.
+	gone map[sandbox.Sandbox]bool
+	// closing is set once Shutdown has decided to end the shim.
+	closing bool
 	// podSize is the pod's resources, from its sandbox: the VM never has
 	// less while the pod lives.
 	podSize config.Size
@@ -88,7 +93,7 @@ func New(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) (*S
 
 func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service, boot sandbox.Booter) *Service {
 	s := &Service{ctx: ctx, publisher: publisher, shutdown: sd, boot: boot, timeouts: defaultTimeouts,
-		containers: map[string]*container{}, relays: map[string]*relay{}}
+		containers: map[string]*container{}, relays: map[string]*relay{}, gone: map[sandbox.Sandbox]bool{}}
 	sd.RegisterCallback(func(ctx context.Context) error {
 		if sb := s.sandbox(); sb != nil {
 			s.stopSandbox(ctx, sb) // and unwires its network
@@ -220,9 +225,15 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 		pio.Close()
 		return nil, toGRPC(err)
 	}
+	p := newProc(pio, host)
 	s.mu.Lock()
-	c.procs[r.ExecID] = newProc(pio, host)
+	c.procs[r.ExecID] = p
+	gone := s.gone[sb]
 	s.mu.Unlock()
+	if gone { // the VM ended before the exec was known here: it never starts
+		pio.Close()
+		p.setExit(&eventstypes.TaskExit{ContainerID: r.ID, ID: r.ExecID})
+	}
 	return &emptypb.Empty{}, nil
 }
 
@@ -334,11 +345,19 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		}
 	}
 	if resp == nil {
-		// The VM is gone and its processes with it (watchSandbox
-		// reported their exits): nothing is left in the guest to delete.
+		// The VM is gone and its processes with it: once watchSandbox has
+		// reported their exits, nothing is left in the guest to delete, and
+		// containerd hears of the delete from here, after the exit.
+		if sb != nil {
+			<-s.vmReported(sb)
+		}
 		resp = &taskAPI.DeleteResponse{}
 		if e := p.exitStatus(); e != nil {
 			resp.Pid, resp.ExitStatus, resp.ExitedAt = e.Pid, e.ExitStatus, e.ExitedAt
+		}
+		if r.ExecID == "" {
+			ev := &eventstypes.TaskDelete{ContainerID: r.ID, ID: r.ID, Pid: resp.Pid, ExitStatus: resp.ExitStatus, ExitedAt: resp.ExitedAt}
+			s.enqueue(r.ID, func() { s.publisher.Publish(s.ctx, runtime.TaskDeleteEventTopic, ev) })
 		}
 	}
 	p.io.Close()
@@ -455,8 +474,15 @@ func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*task
 // Shutdown ends the shim (and its VM) once no container is left, not
 // even one being created.
 func (s *Service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
+	// bootMu: no Create takes the sandbox while it is being stopped (a
+	// Create that comes after finds the shim shutting down and fails).
+	s.bootMu.Lock()
+	defer s.bootMu.Unlock()
 	s.mu.Lock()
 	n, sb := len(s.containers), s.sb
+	if n == 0 {
+		s.closing = true
+	}
 	s.mu.Unlock()
 	if n > 0 {
 		return &emptypb.Empty{}, nil

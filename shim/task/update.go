@@ -30,6 +30,9 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 		return nil, toGRPC(fmt.Errorf("update resources: %v: %w", err, errdefs.ErrInvalidArgument))
 	}
 	sb := s.sandbox()
+	if ended(sb) {
+		return nil, toGRPC(fmt.Errorf("update container %s: the VM has ended: %w", r.ID, errdefs.ErrFailedPrecondition))
+	}
 	s.sizeMu.Lock()
 	defer s.sizeMu.Unlock()
 	s.mu.Lock()
