@@ -61,6 +61,9 @@ type VM struct {
 type Rootfs struct {
 	LayerCache   string `toml:"layer_cache"`
 	UpperSizeMiB int    `toml:"upper_size_mib"`
+	// LayerCacheMaxAge is how long a layer image no container has used
+	// stays in the cache; zero keeps them forever.
+	LayerCacheMaxAge Duration `toml:"layer_cache_max_age"`
 }
 
 // Operator configures what the operator's API may do to a running VM.

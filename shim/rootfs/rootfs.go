@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/errdefs"
@@ -32,6 +33,9 @@ type Converter struct {
 	LayerCache string
 	// UpperSizeMiB is the size of a writable layer's image.
 	UpperSizeMiB int
+	// MaxAge, if set, is how long a cached layer image nobody has used is
+	// kept (see Prune).
+	MaxAge time.Duration
 }
 
 // UpperImageName is the writable layer's image in the bundle.
@@ -158,6 +162,9 @@ func (c *Converter) layer(ctx context.Context, dir string) (Disk, error) {
 	sum := sha256.Sum256([]byte(key))
 	image := filepath.Join(c.LayerCache, hex.EncodeToString(sum[:16])+".erofs")
 	if _, err := os.Stat(image); err == nil {
+		// Used now: the image's time is when a container last used it.
+		now := time.Now()
+		os.Chtimes(image, now, now)
 		return Disk{Path: image, Type: "erofs", ReadOnly: true}, nil
 	}
 	if err := os.MkdirAll(c.LayerCache, 0o700); err != nil {
@@ -226,4 +233,37 @@ func hasOption(opts []string, o string) bool {
 func isFile(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && st.Mode().IsRegular()
+}
+
+// buildMaxAge is how old an unfinished build in the cache (of a shim that
+// died converting) is when it is removed.
+const buildMaxAge = time.Hour
+
+// Prune removes the layer images no container has used for MaxAge, and
+// unfinished builds. An image still attached to a running VM may go: QEMU
+// holds it open, and the next container that needs the layer converts it
+// again. Concurrent shims may prune at once; a file already gone is not
+// an error.
+func (c *Converter) Prune(ctx context.Context) {
+	if c.MaxAge <= 0 || c.LayerCache == "" {
+		return
+	}
+	entries, err := os.ReadDir(c.LayerCache)
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		age := now.Sub(info.ModTime())
+		build := strings.HasPrefix(e.Name(), ".build-")
+		if (build && age > buildMaxAge) || (!build && strings.HasSuffix(e.Name(), ".erofs") && age > c.MaxAge) {
+			if err := os.Remove(filepath.Join(c.LayerCache, e.Name())); err == nil {
+				log.G(ctx).WithField("image", e.Name()).WithField("unused", age.Round(time.Minute)).Debug("layer image pruned")
+			}
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/errdefs"
@@ -42,7 +43,7 @@ func TestOverlayBecomesErofsAndExt4(t *testing.T) {
 		t.Fatal(err)
 	}
 	st2, _ := os.Stat(again[0].Path)
-	if again[0].Path != disks[0].Path || !st.ModTime().Equal(st2.ModTime()) {
+	if again[0].Path != disks[0].Path || !os.SameFile(st, st2) {
 		t.Error("layer image rebuilt instead of reused")
 	}
 }
@@ -72,6 +73,33 @@ func TestRemadeLayerDirectoryIsConvertedAgain(t *testing.T) {
 	}
 	if after.Path == before.Path {
 		t.Errorf("the remade directory %s got the old directory's image %s", layer, before.Path)
+	}
+}
+
+// Prune removes the images nobody used for MaxAge and builds a dead shim
+// left, and keeps the rest; a cache hit counts as a use.
+func TestPruneRemovesOnlyLongUnusedImages(t *testing.T) {
+	cache := t.TempDir()
+	old := time.Now().Add(-48 * time.Hour)
+	for name, mtime := range map[string]time.Time{
+		"stale.erofs": old, "fresh.erofs": time.Now(), ".build-1.erofs": old, "notes.txt": old,
+	} {
+		p := filepath.Join(cache, name)
+		os.WriteFile(p, []byte("x"), 0o600)
+		os.Chtimes(p, mtime, mtime)
+	}
+	(&Converter{LayerCache: cache, MaxAge: 24 * time.Hour}).Prune(context.Background())
+	var left []string
+	entries, _ := os.ReadDir(cache)
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	if strings.Join(left, " ") != "fresh.erofs notes.txt" {
+		t.Errorf("left %v, want fresh.erofs and notes.txt", left)
+	}
+	(&Converter{LayerCache: cache}).Prune(context.Background()) // no MaxAge: keeps everything
+	if entries, _ := os.ReadDir(cache); len(entries) != 2 {
+		t.Errorf("Prune without MaxAge removed images")
 	}
 }
 

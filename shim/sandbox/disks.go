@@ -50,7 +50,7 @@ type ownedDisk struct{ serial, path string }
 
 func (d *diskSet) init(inst *vm.Instance, cfg config.Rootfs) {
 	d.inst = inst
-	d.conv = rootfs.Converter{LayerCache: cfg.LayerCache, UpperSizeMiB: cfg.UpperSizeMiB}
+	d.conv = rootfs.Converter{LayerCache: cfg.LayerCache, UpperSizeMiB: cfg.UpperSizeMiB, MaxAge: cfg.LayerCacheMaxAge.Duration}
 	d.layers = map[string]*layerDisk{}
 	d.owners = map[string]*heldDisks{}
 }
@@ -69,6 +69,8 @@ func (v *VM) AttachRootfs(ctx context.Context, id, bundle string, mounts []*type
 	if err != nil {
 		return nil, err
 	}
+	// This container's layers are fresh now; what nobody used for long goes.
+	v.disks.conv.Prune(ctx)
 	var guest []*types.Mount
 	for _, d := range disks {
 		serial, err := v.disks.attach(ctx, id, d)

@@ -547,6 +547,18 @@ func TestOOMKilled(t *testing.T) {
 	}
 }
 
+// TestGuestMemoryExhausted: a process with no memory limit that
+// allocates without end fills the guest's memory; it is killed (by the
+// guest's OOM killer, or with the VM if the guest cannot go on) and the
+// exit is reported, not left hanging.
+func TestGuestMemoryExhausted(t *testing.T) {
+	ctx := requireEnv(t)
+	c := mustContainer(ctx, t, "guest-oom", "tail", "/dev/zero")
+	if status, _ := c.finish(ctx); status != 137 {
+		t.Errorf("exit %d after exhausting the guest's memory, want 137", status)
+	}
+}
+
 // TestHungGuest: a guest that no longer answers (its QEMU stopped, as a
 // hung kernel would leave it) does not leave the task stuck: a SIGKILL
 // ends the VM, containerd sees 137, and deleting the task
