@@ -470,19 +470,28 @@ func (i *Instance) watchExit() {
 	}
 }
 
+// beginShutdown moves a running VM to Shutdown for Shutdown or Kill. already
+// says another call has shut it down (its cleanup then done).
+func (i *Instance) beginShutdown(what string) (already bool, err error) {
+	if err := i.state.transition(i.cfg.ID, what, StateRunning, StateShutdown); err != nil {
+		if i.state.get() == StateShutdown {
+			<-i.cleanupDone
+			return true, nil
+		}
+		return false, err
+	}
+	i.stopOnce.Do(func() { close(i.stopping) })
+	return false, nil
+}
+
 // Shutdown stops the VM: it asks the agent to sync and power off, then
 // presses the ACPI power button, then sends SIGTERM, then SIGKILL, each with
 // a bounded wait; then it removes every resource of the VM. Shutting down
 // a VM that is already shut down waits for that to finish.
 func (i *Instance) Shutdown(ctx context.Context) error {
-	if err := i.state.transition(i.cfg.ID, "shut down", StateRunning, StateShutdown); err != nil {
-		if i.state.get() == StateShutdown {
-			<-i.cleanupDone
-			return nil
-		}
+	if already, err := i.beginShutdown("shut down"); already || err != nil {
 		return err
 	}
-	i.stopOnce.Do(func() { close(i.stopping) })
 	l := log.G(ctx).WithField("vm", i.cfg.ID)
 	exited := false
 	if i.agent != nil {

@@ -3,7 +3,6 @@ package task
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -111,11 +110,11 @@ func adaptDevices(ctx context.Context, id string, s *specs.Spec, disk func(seria
 func adaptDeviceRules(ctx context.Context, id string, rules []specs.LinuxDeviceCgroup, toGuest map[devNum]devNum) []specs.LinuxDeviceCgroup {
 	var out []specs.LinuxDeviceCgroup
 	for _, r := range rules {
-		if r.Type != "b" || (wildcardNum(r.Major) && wildcardNum(r.Minor)) {
+		if r.Type != "b" || (wire.AnyNumber(r.Major) && wire.AnyNumber(r.Minor)) {
 			out = append(out, r)
 			continue
 		}
-		if !wildcardNum(r.Major) && !wildcardNum(r.Minor) {
+		if !wire.AnyNumber(r.Major) && !wire.AnyNumber(r.Minor) {
 			if g, ok := toGuest[devNum{*r.Major, *r.Minor}]; ok {
 				major, minor := g.major, g.minor
 				r.Major, r.Minor = &major, &minor
@@ -143,41 +142,14 @@ func adaptDeviceRules(ctx context.Context, id string, rules []specs.LinuxDeviceC
 	return out
 }
 
-func wildcardNum(n *int64) bool { return n == nil || *n == -1 }
-
-// grants is what the rules give block device n, as the device cgroup
-// reads them: the last rule naming an access wins.
+// grants is what the rules give block device n.
 func grants(rules []specs.LinuxDeviceCgroup, n devNum) string {
-	granted := map[rune]bool{}
-	for _, r := range rules {
-		if r.Type != "" && r.Type != "a" && r.Type != "b" {
-			continue
-		}
-		if (!wildcardNum(r.Major) && *r.Major != n.major) || (!wildcardNum(r.Minor) && *r.Minor != n.minor) {
-			continue
-		}
-		access := r.Access
-		if access == "" {
-			access = "rwm"
-		}
-		for _, c := range "rwm" {
-			if strings.ContainsRune(access, c) {
-				granted[c] = r.Allow
-			}
-		}
-	}
-	acc := ""
-	for _, c := range "rwm" {
-		if granted[c] {
-			acc += string(c)
-		}
-	}
-	return acc
+	return wire.DeviceAccess(rules, "b", n.major, n.minor)
 }
 
 func ruleString(r specs.LinuxDeviceCgroup) string {
 	num := func(n *int64) string {
-		if wildcardNum(n) {
+		if wire.AnyNumber(n) {
 			return "*"
 		}
 		return fmt.Sprint(*n)

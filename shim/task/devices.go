@@ -104,7 +104,7 @@ func planDevices(ctx context.Context, id string, spec *specs.Spec, resolve hostR
 		if err != nil {
 			return nil, fmt.Errorf("container %s: %s: %w", id, name, err)
 		}
-		access := deviceAccess(rules, "b", d.Major, d.Minor)
+		access := wire.DeviceAccess(rules, "b", d.Major, d.Minor)
 		out = append(out, blockDevice{Path: d.Path, Host: node, ReadOnly: hostRO || !strings.Contains(access, "w")})
 	}
 	return out, nil
@@ -115,51 +115,11 @@ func planDevices(ctx context.Context, id string, spec *specs.Spec, resolve hostR
 func allowsAll(rules []specs.LinuxDeviceCgroup) bool {
 	all := false
 	for _, r := range rules {
-		if (r.Type == "" || r.Type == "a") && wildcard(r.Major) && wildcard(r.Minor) {
-			all = r.Allow && accessOf(r) == "rwm"
+		if (r.Type == "" || r.Type == "a") && wire.AnyNumber(r.Major) && wire.AnyNumber(r.Minor) {
+			all = r.Allow && wire.RuleAccess(r) == "rwm"
 		}
 	}
 	return all
-}
-
-func wildcard(n *int64) bool { return n == nil || *n == -1 }
-
-func accessOf(r specs.LinuxDeviceCgroup) string {
-	if r.Access == "" {
-		return "rwm"
-	}
-	acc := ""
-	for _, c := range "rwm" {
-		if strings.ContainsRune(r.Access, c) {
-			acc += string(c)
-		}
-	}
-	return acc
-}
-
-// deviceAccess is what the rules grant a device, as the device cgroup
-// reads them (the last rule naming an access wins; nothing is granted
-// unless a rule allows it): a subset of "rwm".
-func deviceAccess(rules []specs.LinuxDeviceCgroup, typ string, major, minor int64) string {
-	granted := map[rune]bool{}
-	for _, r := range rules {
-		if r.Type != "" && r.Type != "a" && r.Type != typ {
-			continue
-		}
-		if (!wildcard(r.Major) && *r.Major != major) || (!wildcard(r.Minor) && *r.Minor != minor) {
-			continue
-		}
-		for _, c := range accessOf(r) {
-			granted[c] = r.Allow
-		}
-	}
-	acc := ""
-	for _, c := range "rwm" {
-		if granted[c] {
-			acc += string(c)
-		}
-	}
-	return acc
 }
 
 // sysDevBlock is where the host's block devices are listed by number.

@@ -138,11 +138,11 @@ func TestDeviceAccess(t *testing.T) {
 		minor int64
 		want  string
 	}{{0, "rwm"}, {1, "rm"}, {2, "rwm"}} {
-		if got := deviceAccess(rules, "b", 7, c.minor); got != c.want {
+		if got := wire.DeviceAccess(rules, "b", 7, c.minor); got != c.want {
 			t.Errorf("7:%d: %q, want %q", c.minor, got, c.want)
 		}
 	}
-	if got := deviceAccess(rules, "b", 8, 0); got != "m" {
+	if got := wire.DeviceAccess(rules, "b", 8, 0); got != "m" {
 		t.Errorf("8:0: %q", got)
 	}
 }
