@@ -75,8 +75,7 @@ type Config struct {
 	// its capabilities, where this host cannot confine it (see confine).
 	AllowUnconfined bool
 	// SharedMemory puts the guest's RAM in shared memory even without a
-	// Share, as a template needs: a share can then be plugged in after a
-	// restore (see ShapeKey).
+	// Share; a Share implies it.
 	SharedMemory bool
 	// Restore, when set, is a state file SaveState wrote for a VM of the
 	// same ShapeKey: Start restores it instead of booting the kernel, then

@@ -48,16 +48,16 @@ const (
 const templateStateDir = "/qemu-shim-template"
 
 // Templatable says why cfg cannot be saved or restored as a template, or
-// nil: such a VM has no devices but its boot devices and the tools disk,
-// and its memory is shared (so that a share can be plugged in later).
+// nil: such a VM has no devices but its boot devices and the tools disk.
+// Its memory may be shared or private either way: the same state restores
+// into both (a VM that will have a share restores into shared memory;
+// private memory loads faster).
 func (c Config) Templatable() error {
 	switch {
 	case len(c.Disks) > 0:
 		return fmt.Errorf("boot disks are not part of a template: %w", errdefs.ErrNotImplemented)
 	case len(c.NICs) > 0:
 		return fmt.Errorf("boot network cards are not part of a template: %w", errdefs.ErrNotImplemented)
-	case !c.SharedMemory:
-		return fmt.Errorf("a template's memory must be shared (Config.SharedMemory): %w", errdefs.ErrInvalidArgument)
 	}
 	return nil
 }
@@ -75,7 +75,8 @@ func ShapeKey(cfg Config) (string, error) {
 	if err := cfg.Templatable(); err != nil {
 		return "", err
 	}
-	cfg.Share, cfg.Restore = nil, ""
+	// Where the memory lives and what is restored are the host's.
+	cfg.Share, cfg.Restore, cfg.SharedMemory = nil, "", false
 	i := &Instance{cfg: cfg, stateDir: templateStateDir}
 	accel, kind := i.resolve()
 	var link agentLink = &serialLink{socket: templateStateDir + "/" + agentSocketName}

@@ -147,9 +147,11 @@ func run(ctx context.Context) error {
 		Transport:    string(kind),
 		ModulesReady: modulesReady,
 		TaskdStarted: taskdStarted,
-		WarmFiles:    []string{taskdBin, runcBin},
-		Answered:     answered,
-		Step:         step,
+		// Not the OCI runtime: reading it whole costs each restore more
+		// than the pages a container start reads from the tools disk.
+		ModulesDir: modulesRoot,
+		Answered:   answered,
+		Step:       step,
 		Modules: func() []string {
 			modMu.Lock()
 			defer modMu.Unlock()

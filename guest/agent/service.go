@@ -61,8 +61,11 @@ type Service struct {
 	// started; Prepare waits for it.
 	TaskdStarted <-chan struct{}
 	// WarmFiles are read by Prepare so that a template's page cache holds
-	// them (the OCI runtime, the task service).
+	// them.
 	WarmFiles []string
+	// ModulesDir holds the kernel modules' files, which Prepare removes
+	// once every module is loaded.
+	ModulesDir string
 
 	answeredOnce, closeOnce sync.Once
 

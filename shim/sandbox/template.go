@@ -41,16 +41,13 @@ func start(ctx context.Context, cfg config.Config, vcfg vm.Config) (*vm.Instance
 }
 
 // TemplateConfig is the VM a template is saved from: the configured base
-// size (a VM restored from it is grown to what its containers ask), with
-// its memory shared so that a share can be plugged in after the restore.
+// size (a VM restored from it is grown to what its containers ask).
 func TemplateConfig(cfg config.Config) (vm.Config, error) {
 	base, err := cfg.VM.Machine(config.Size{})
 	if err != nil {
 		return vm.Config{}, err
 	}
-	c := vmConfig(cfg, "template", base)
-	c.SharedMemory = true
-	return c, nil
+	return vmConfig(cfg, "template", base), nil
 }
 
 // TemplateStore is the configured store of templates.
@@ -73,7 +70,9 @@ func restore(ctx context.Context, cfg config.Config, vcfg vm.Config) (*vm.Instan
 	// The VM's own name, state root and share, the template's shape.
 	vcfg.CPUs, vcfg.MaxCPUs, vcfg.MemoryMiB, vcfg.MaxMemoryMiB, vcfg.VirtioMemMiB =
 		t.CPUs, t.MaxCPUs, t.MemoryMiB, t.MaxMemoryMiB, t.VirtioMemMiB
-	vcfg.SharedMemory = true
+	// Private memory loads faster; a share (plugged in after the restore)
+	// needs it shared.
+	vcfg.SharedMemory = vcfg.Share != nil
 	vcfg.Restore = state
 	vcfg.BootTimeout = min(vcfg.BootTimeout, restoreTimeout)
 	inst, err := vm.New(vcfg)

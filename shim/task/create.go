@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runtimeoptions/v1"
@@ -111,6 +112,8 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	s.mu.Unlock()
 	var sb sandbox.Sandbox
 	bootedHere := false
+	tl := newTimeline()
+	defer func() { tl.log(ctx, "create "+r.ID) }()
 	defer func() {
 		if retErr != nil {
 			s.failedCreate(ctx, c, sb, bootedHere)
@@ -121,6 +124,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
+	tl.step("vm")
 	if !bootedHere { // a pod's next container
 		if err := s.resize(ctx, sb); err != nil {
 			return nil, fmt.Errorf("container %s: %w", r.ID, err)
@@ -145,6 +149,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
+	tl.step("rootfs")
 	if err := attachDevices(ctx, sb, r.ID, spec, blockDevs); err != nil {
 		return nil, err // detached by the Release above
 	}
@@ -176,10 +181,12 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}
 
+	tl.step("devices-hooks-network-binds")
 	pio, guest, err := s.openIO(ctx, sb, r.ID, host)
 	if err != nil {
 		return nil, err
 	}
+	tl.step("stdio")
 	p := newProc(pio, host)
 	req := &taskAPI.CreateTaskRequest{
 		ID: r.ID, Bundle: r.Bundle, Rootfs: guestRootfs, Terminal: r.Terminal,
@@ -193,6 +200,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		pio.Close()
 		return nil, err
 	}
+	tl.step("guest-create")
 	s.mu.Lock()
 	c.procs[""] = p
 	c.pid = resp.Pid
@@ -312,9 +320,11 @@ func (s *Service) createdContainers() []string {
 
 // stopSandbox ends the VM; a later Create boots a new one.
 func (s *Service) stopSandbox(ctx context.Context, sb sandbox.Sandbox) {
+	begin := time.Now()
 	if err := sb.Stop(ctx); err != nil {
 		log.G(ctx).WithError(err).Warn("shut down VM")
 	}
+	log.G(ctx).WithField("took", time.Since(begin)).Debug("VM stopped")
 	s.mu.Lock()
 	if s.sb == sb {
 		s.sb = nil

@@ -335,6 +335,8 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return nil, toGRPC(err)
 	}
 	sb := s.sandbox()
+	tl := newTimeline()
+	defer func() { tl.log(ctx, "delete "+r.ID) }()
 	var resp *taskAPI.DeleteResponse
 	if !ended(sb) {
 		resp, err = guestCall(ctx, s, sb, "delete", s.timeouts.call, func(ctx context.Context, a taskAPI.TTRPCTaskService) (*taskAPI.DeleteResponse, error) {
@@ -360,7 +362,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			s.enqueue(r.ID, func() { s.publisher.Publish(s.ctx, runtime.TaskDeleteEventTopic, ev) })
 		}
 	}
+	tl.step("guest-delete")
 	p.io.Close()
+	tl.step("io")
 	s.mu.Lock()
 	delete(c.procs, r.ExecID)
 	var rest []*proc
@@ -382,7 +386,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if sb != nil {
 		sb.Release(ctx, c.id, last)
 	}
+	tl.step("release")
 	c.hooks.Poststop(ctx)
+	tl.step("poststop")
 	os.Remove(filepath.Join(c.bundle, bundle.VMDirFile))
 	if !last && !ended(sb) {
 		s.sizeMu.Lock()

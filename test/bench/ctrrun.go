@@ -15,26 +15,41 @@ import (
 	"github.com/qemu-shim/qemu-shim/test/ctrd"
 )
 
-// ctrRun measures `ctr run --rm IMAGE echo` from launch to the echoed line,
-// with our runtime and with containerd's runc shim, and the resident
-// memory of our shim and its QEMU while a container runs.
-func ctrRun(runs int) (ours, runcShim []float64, shimRSS, qemuRSS int, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+// ctrResult is what ctrRun measured: seconds from launch to the echoed
+// line and to ctr's exit, for each way of starting.
+type ctrResult struct {
+	template, cold, runcShim         []float64
+	templateExit, coldExit, runcExit []float64
+	shimRSS, qemuRSS                 int
+}
+
+// ctrRun measures `ctr run --rm IMAGE echo` from launch to the echoed line
+// and to its exit: with our runtime restoring VMs from a template, with
+// our runtime booting every VM (templates off, in a containerd of its
+// own), and with containerd's runc shim; then the resident memory of our
+// shim and its QEMU while a container runs.
+func ctrRun(runs int) (res ctrResult, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	d, err := ctrd.Start(ctx)
 	if err != nil {
-		return nil, nil, 0, 0, err
+		return res, err
 	}
 	defer d.Close()
-	run := func(runtime, id string) (float64, error) {
+	dc, err := ctrd.StartWith(ctx, ctrd.Options{ColdBoot: true})
+	if err != nil {
+		return res, err
+	}
+	defer dc.Close()
+	run := func(d *ctrd.Daemon, runtime, id string) (float64, float64, error) {
 		cmd := d.Ctr(ctx, "run", "--rm", "--runtime", runtime, busybox.DefaultRef, id, "echo", "bench-"+id)
 		out, err := cmd.StdoutPipe()
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		start := time.Now()
 		if err := cmd.Start(); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		sc := bufio.NewScanner(out)
 		var took time.Duration
@@ -44,37 +59,44 @@ func ctrRun(runs int) (ours, runcShim []float64, shimRSS, qemuRSS int, err error
 			}
 		}
 		if err := cmd.Wait(); err != nil {
-			return 0, fmt.Errorf("ctr run (%s): %w", runtime, err)
+			return 0, 0, fmt.Errorf("ctr run (%s): %w", runtime, err)
 		}
 		if took == 0 {
-			return 0, fmt.Errorf("ctr run (%s) printed nothing", runtime)
+			return 0, 0, fmt.Errorf("ctr run (%s) printed nothing", runtime)
 		}
-		return took.Seconds(), nil
+		return took.Seconds(), time.Since(start).Seconds(), nil
 	}
 	for i := 0; i <= runs; i++ {
-		q, err := run(ctrd.Runtime, "q"+strconv.Itoa(i))
+		// The first of each warms caches (the template, layer
+		// conversion, the page cache) and is not counted.
+		t, te, err := run(d, ctrd.Runtime, "t"+strconv.Itoa(i))
 		if err != nil {
-			return nil, nil, 0, 0, err
+			return res, err
 		}
-		r, err := run("io.containerd.runc.v2", "r"+strconv.Itoa(i))
+		c, ce, err := run(dc, ctrd.Runtime, "c"+strconv.Itoa(i))
 		if err != nil {
-			return nil, nil, 0, 0, err
+			return res, err
 		}
-		if i > 0 { // the first of each warms caches (layer conversion, page cache)
-			ours, runcShim = append(ours, q), append(runcShim, r)
+		r, re, err := run(d, "io.containerd.runc.v2", "r"+strconv.Itoa(i))
+		if err != nil {
+			return res, err
+		}
+		if i > 0 {
+			res.template, res.cold, res.runcShim = append(res.template, t), append(res.cold, c), append(res.runcShim, r)
+			res.templateExit, res.coldExit, res.runcExit = append(res.templateExit, te), append(res.coldExit, ce), append(res.runcExit, re)
 		}
 	}
 	if out, err := d.Ctr(ctx, "run", "-d", "--runtime", ctrd.Runtime, busybox.DefaultRef, "rss", "sleep", "1000").CombinedOutput(); err != nil {
-		return nil, nil, 0, 0, fmt.Errorf("ctr run -d: %v: %s", err, out)
+		return res, fmt.Errorf("ctr run -d: %v: %s", err, out)
 	}
 	defer func() {
 		d.Ctr(context.WithoutCancel(ctx), "task", "kill", "-s", "KILL", "rss").Run()
 		d.Ctr(context.WithoutCancel(ctx), "task", "delete", "rss").Run()
 		d.Ctr(context.WithoutCancel(ctx), "container", "delete", "rss").Run()
 	}()
-	shimRSS = rssKiB(pidOf("containerd-shim-qemu-v1.*-id rss"))
-	qemuRSS = rssKiB(pidOf("qemu-system.*" + filepath.Join(d.VMStateRoot(), bundle.VMName(ctrd.Namespace, "rss")) + "/"))
-	return ours, runcShim, shimRSS, qemuRSS, nil
+	res.shimRSS = rssKiB(pidOf("containerd-shim-qemu-v1.*-id rss"))
+	res.qemuRSS = rssKiB(pidOf("qemu-system.*" + filepath.Join(d.VMStateRoot(), bundle.VMName(ctrd.Namespace, "rss")) + "/"))
+	return res, nil
 }
 
 func pidOf(pattern string) int {

@@ -141,14 +141,21 @@ func containerSection(work string, img guestimage.Image, runcPath string, runs i
 }
 
 func ctrSection(runs int, floor []float64) error {
-	ours2, runcShim, shimRSS, qemuRSS, err := ctrRun(runs)
+	r, err := ctrRun(runs)
 	if err != nil {
 		return fmt.Errorf("ctr run: %w", err)
 	}
-	row("ctr run echo, qemu-shim (s)", ours2)
-	row("ctr run echo, runc shim (s)", runcShim)
-	fmt.Printf("ratio ctr run qemu-shim / runc shim: %.1f; / boot floor: %.2f\n", median(ours2)/median(runcShim), median(ours2)/median(floor))
-	fmt.Printf("resident memory while a container runs: shim %.1f MiB, its QEMU %.1f MiB\n", float64(shimRSS)/1024, float64(qemuRSS)/1024)
+	row("ctr run echo → output, from template (s)", r.template)
+	row("ctr run echo → output, booted (s)", r.cold)
+	row("ctr run echo → output, runc shim (s)", r.runcShim)
+	row("ctr run --rm echo → exit, from template (s)", r.templateExit)
+	row("ctr run --rm echo → exit, booted (s)", r.coldExit)
+	row("ctr run --rm echo → exit, runc shim (s)", r.runcExit)
+	f := median(floor)
+	fmt.Printf("ratio to exit, from template: / boot floor %.2f (target ≤ 0.5), / runc shim %.1f\n", median(r.templateExit)/f, median(r.templateExit)/median(r.runcExit))
+	fmt.Printf("ratio to exit, booted:        / boot floor %.2f (target ≤ 1.15), / runc shim %.1f\n", median(r.coldExit)/f, median(r.coldExit)/median(r.runcExit))
+	fmt.Printf("ratio to output: from template / floor %.2f, booted / floor %.2f\n", median(r.template)/f, median(r.cold)/f)
+	fmt.Printf("resident memory while a container runs: shim %.1f MiB, its QEMU %.1f MiB\n\n", float64(r.shimRSS)/1024, float64(r.qemuRSS)/1024)
 	return nil
 }
 
@@ -203,7 +210,7 @@ func bareBoot(work, kernel, initrd, tools string, i int) (time.Duration, error) 
 	defer os.RemoveAll(dir)
 	console := filepath.Join(dir, "console.sock")
 	for j, a := range args {
-		if strings.HasPrefix(a, "file,id=console,") {
+		if strings.HasPrefix(a, "socket,id=console,") {
 			args[j] = "socket,id=console,path=" + console + ",server=on,wait=off"
 		}
 	}

@@ -72,6 +72,9 @@ type Options struct {
 	// default the shim restores VMs from templates kept in TemplateDir
 	// (built by the daemon's first VM).
 	ColdBoot bool
+	// Debug runs containerd, and so the shims, at debug level (their
+	// timelines are then in LogTail).
+	Debug bool
 }
 
 // Containerd16Dir holds Debian 12's containerd 1.6 and its ctr, unpacked
@@ -161,14 +164,20 @@ dir = %q
 		return nil, err
 	}
 	config := filepath.Join(d.Work, "containerd.toml")
+	level := "info"
+	if o.Debug {
+		level = "debug"
+	}
 	toml := fmt.Sprintf(`version = %d
 root = %q
 state = %q
+[debug]
+  level = %q
 [grpc]
   address = %q
 [ttrpc]
   address = %q
-`, o.ConfigVersion, filepath.Join(d.Work, "root"), filepath.Join(d.Run, "state"), d.Socket, d.Socket+".ttrpc")
+`, o.ConfigVersion, filepath.Join(d.Work, "root"), filepath.Join(d.Run, "state"), level, d.Socket, d.Socket+".ttrpc")
 	if o.ConfigVersion < 3 {
 		// containerd 1.x: its managed /opt in the work directory, not
 		// the host's, and CRI only if asked for.

@@ -22,7 +22,8 @@ func TestSnapshotRestore(t *testing.T) {
 	t.Parallel()
 	guestimage.Require(t)
 	ctx := testContext(t)
-	templatable := func(c *vm.Config) { c.SharedMemory = true }
+	// The template in private memory, one clone in shared memory.
+	templatable := func(c *vm.Config) {}
 
 	tmpl := bootVM(t, templatable)
 	state := filepath.Join(t.TempDir(), "state")
@@ -58,6 +59,7 @@ func TestSnapshotRestore(t *testing.T) {
 			began := time.Now()
 			inst := bootVM(t, func(c *vm.Config) {
 				templatable(c)
+				c.SharedMemory = n == 1
 				c.ID += "-" + strconv.Itoa(n)
 				c.Restore = state
 				c.AllowedDiskRoots = []string{dir}
@@ -129,7 +131,7 @@ func TestSnapshotRestore(t *testing.T) {
 // restored from it, and what cannot be saved.
 func TestSnapshotKeyAndRefusals(t *testing.T) {
 	img := guestimage.Require(t)
-	base := vm.Config{ID: "k", StateRoot: t.TempDir(), Kernel: img.Kernel, Initrd: img.Initrd, Tools: img.Tools, SharedMemory: true, Transport: "serial"}
+	base := vm.Config{ID: "k", StateRoot: t.TempDir(), Kernel: img.Kernel, Initrd: img.Initrd, Tools: img.Tools, Transport: "serial"}
 	key := func(c vm.Config) string {
 		t.Helper()
 		k, err := vm.ShapeKey(c)
@@ -140,9 +142,9 @@ func TestSnapshotKeyAndRefusals(t *testing.T) {
 	}
 	k0 := key(base)
 	other := base
-	other.ID, other.StateRoot, other.Share, other.Restore = "other", t.TempDir(), &vm.Share{}, "/somewhere/state"
+	other.ID, other.StateRoot, other.Share, other.Restore, other.SharedMemory = "other", t.TempDir(), &vm.Share{}, "/somewhere/state", true
 	if key(other) != k0 {
-		t.Error("the key depends on the VM's name, state root, share or restore source")
+		t.Error("the key depends on the VM's name, state root, share, restore source or kind of memory")
 	}
 	for name, edit := range map[string]func(*vm.Config){
 		"cpus":          func(c *vm.Config) { c.CPUs = 2 },
@@ -174,8 +176,7 @@ func TestSnapshotKeyAndRefusals(t *testing.T) {
 		t.Error("a kernel touched since keeps the key")
 	}
 	for name, edit := range map[string]func(*vm.Config){
-		"private memory": func(c *vm.Config) { c.SharedMemory = false },
-		"boot disk":      func(c *vm.Config) { c.Disks = []vm.Disk{{ID: "d", Path: img.Tools}} },
+		"boot disk": func(c *vm.Config) { c.Disks = []vm.Disk{{ID: "d", Path: img.Tools}} },
 	} {
 		c := base
 		edit(&c)

@@ -33,7 +33,7 @@ func TestArgs(t *testing.T) {
 		absent []string
 	}{
 		{"tcg", func(m *Machine) {}, [][2]string{
-			{"-machine", "q35,accel=tcg"},
+			{"-machine", "q35,accel=tcg,memory-backend=ram0"}, {"-object", "memory-backend-ram,id=ram0,size=512M"},
 			{"-smp", "1,maxcpus=4,sockets=1,cores=4,threads=1"},
 			{"-m", "512M,slots=4,maxmem=2048M"},
 			{"-kernel", "/k/vmlinux"}, {"-initrd", "/k/initrd"}, {"-append", "console=ttyS0 quiet"},
@@ -43,7 +43,7 @@ func TestArgs(t *testing.T) {
 			{"-chardev", "socket,id=agent,path=/run/x/agent.sock,server=on,wait=off"},
 			{"-device", "virtserialport,chardev=agent,name=org.test.0"},
 		}, []string{"-cpu", "-sandbox"}},
-		{"kvm", func(m *Machine) { m.Accel = KVM }, [][2]string{{"-machine", "q35,accel=kvm"}, {"-cpu", "host"}}, nil},
+		{"kvm", func(m *Machine) { m.Accel = KVM }, [][2]string{{"-machine", "q35,accel=kvm,memory-backend=ram0"}, {"-cpu", "host"}}, nil},
 		{"no hot-plug memory", func(m *Machine) { m.MaxMemoryMiB = 0 }, [][2]string{{"-m", "512M"}}, nil},
 		{"vsock", func(m *Machine) { m.AgentSocket = ""; m.VsockCID = 7 }, [][2]string{{"-device", "vhost-vsock-pci,id=vsock0,guest-cid=7"}}, []string{"virtio-serial-pci,id=vser0,max_ports=2"}},
 		{"disk", func(m *Machine) {

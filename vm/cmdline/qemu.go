@@ -156,10 +156,11 @@ func (m *Machine) Args() ([]string, error) {
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
-	machine := "q35,accel=" + string(m.Accel)
-	if m.SharedMemory {
-		machine += ",memory-backend=ram0"
-	}
+	// The guest's RAM is always the named backend ram0, shared or not:
+	// the migration stream names it, so a state saved from a VM with one
+	// kind can be restored into a VM with the other (see vm.ShapeKey).
+	machine := "q35,accel=" + string(m.Accel) + ",memory-backend=ram0"
+
 	a := []string{
 		"-name", "qemu-shim",
 		"-machine", machine,
@@ -179,6 +180,8 @@ func (m *Machine) Args() ([]string, error) {
 	a = append(a, "-m", mem)
 	if m.SharedMemory {
 		a = append(a, "-object", fmt.Sprintf("memory-backend-memfd,id=ram0,size=%dM,share=on", m.MemoryMiB))
+	} else {
+		a = append(a, "-object", fmt.Sprintf("memory-backend-ram,id=ram0,size=%dM", m.MemoryMiB))
 	}
 	if m.VirtioMemMiB > 0 {
 		a = append(a,
