@@ -12,6 +12,7 @@ import (
 	"github.com/qemu-shim/qemu-shim/test/guestimage"
 	"github.com/qemu-shim/qemu-shim/test/rig"
 	"github.com/qemu-shim/qemu-shim/vm"
+	"github.com/qemu-shim/qemu-shim/vm/template"
 )
 
 // TestSnapshotRestore saves a booted guest and restores two VMs from it:
@@ -102,6 +103,11 @@ func TestSnapshotRestore(t *testing.T) {
 				if err != nil || info.CpusOnline != 2 {
 					t.Errorf("clone %d after hot-plug: %v, %v", n, info, err)
 				}
+				if err := inst.Shutdown(ctx); err != nil {
+					t.Errorf("clone %d: shut down: %v", n, err)
+				} else if st := inst.ExitStatus(); st != "exit status 0" {
+					t.Errorf("clone %d: QEMU ended with %q, want a clean power-off", n, st)
+				}
 			}
 		}()
 	}
@@ -183,5 +189,62 @@ func TestSnapshotKeyAndRefusals(t *testing.T) {
 		if _, err := vm.ShapeKey(c); err == nil {
 			t.Errorf("%s: a key for a VM that cannot be a template", name)
 		}
+	}
+}
+
+// TestTemplateStore: shims asking for the same template at once build it
+// once; a build a dead builder left is pruned; a removed template is gone.
+func TestTemplateStore(t *testing.T) {
+	t.Parallel()
+	img := guestimage.Require(t)
+	ctx := testContext(t)
+	store := &template.Store{Dir: t.TempDir()}
+	cfg := vm.Config{ID: "t", StateRoot: t.TempDir(), Kernel: img.Kernel, Initrd: img.Initrd, Tools: img.Tools, BootTimeout: 90 * time.Second}
+	// What a builder killed mid-way leaves.
+	key, err := vm.ShapeKey(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(store.Dir, ".build-"+key+"-dead"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	states := make([]string, 3)
+	var wg sync.WaitGroup
+	for n := range states {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := store.Get(ctx, cfg)
+			if err != nil {
+				t.Error(err)
+			}
+			states[n] = s
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	if states[0] != states[1] || states[1] != states[2] {
+		t.Errorf("three shims got %v", states)
+	}
+	list, err := store.List()
+	if err != nil || len(list) != 1 || list[0].Key != key {
+		t.Fatalf("templates: %+v, %v: want the one for key %s", list, err, key)
+	}
+	entries, _ := os.ReadDir(store.Dir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".build-") {
+			t.Errorf("left in the store: %s", e.Name())
+		}
+	}
+	if err := store.Remove(key); err != nil {
+		t.Fatal(err)
+	}
+	if list, _ := store.List(); len(list) != 0 {
+		t.Errorf("after rm: %+v", list)
+	}
+	if err := store.Remove("../etc"); err == nil {
+		t.Error("removed a template named ../etc")
 	}
 }

@@ -94,6 +94,9 @@ func (s *Store) Get(ctx context.Context, cfg vm.Config) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// Pruned once the lock is let go, so that what a dead builder of this
+	// key left goes too.
+	defer s.Prune(ctx)
 	defer unlock()
 	// Another shim may have built it while this one waited.
 	if state, err := s.ready(key); err == nil || !errors.Is(err, errdefs.ErrNotFound) {
@@ -102,7 +105,6 @@ func (s *Store) Get(ctx context.Context, cfg vm.Config) (string, error) {
 	if err := s.build(ctx, cfg, key); err != nil {
 		return "", fmt.Errorf("build template %s: %w", key, err)
 	}
-	s.Prune(ctx)
 	return filepath.Join(dir, stateName), nil
 }
 
