@@ -59,7 +59,7 @@ func Boot(ctx context.Context, spec Spec) (Sandbox, error) {
 		return nil, err
 	}
 	v := &VM{inst: inst, cfg: vcfg, spec: spec, staged: map[string]string{}}
-	if inst.Restored() {
+	if inst.Restored() && (m.CPUs > cfg.VM.CPUs || m.MemoryMiB > inst.MemoryMiB()) {
 		// A template has the configured base size: grow it to what the
 		// first container asks.
 		if err := v.Grow(ctx, m.CPUs, m.MemoryMiB); err != nil {
