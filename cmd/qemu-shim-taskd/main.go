@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/pkg/sys/reaper"
@@ -24,6 +25,7 @@ import (
 	eventsapi "github.com/qemu-shim/qemu-shim/api/events/v1"
 	networkapi "github.com/qemu-shim/qemu-shim/api/network/v1"
 	volumeapi "github.com/qemu-shim/qemu-shim/api/volume/v1"
+	"github.com/qemu-shim/qemu-shim/guest/boot"
 	"github.com/qemu-shim/qemu-shim/guest/network"
 	"github.com/qemu-shim/qemu-shim/guest/task"
 	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
@@ -34,7 +36,11 @@ func main() {
 	runc := flag.String("runc", "/run/qemu-shim/tools/runc", "runc binary")
 	root := flag.String("root", "/run/qemu-shim/containers", "containers' bundles")
 	flag.Parse()
-	log.L.Logger.SetFormatter(&logrus.TextFormatter{DisableColors: true, FullTimestamp: true})
+	log.L.Logger.SetFormatter(&logrus.TextFormatter{DisableColors: true, FullTimestamp: true, TimestampFormat: log.RFC3339NanoFixed})
+	// The agent's debug switch (the shim's vm.debug) is the kernel's.
+	if cmdline, err := os.ReadFile("/proc/cmdline"); err == nil && boot.KernelParams(string(cmdline), "qemu_shim.")["debug"] == "1" {
+		log.SetLevel("debug")
+	}
 	if err := run(context.Background(), *socket, *runc, *root); err != nil {
 		fmt.Fprintf(os.Stderr, "qemu-shim-taskd: %v\n", err)
 		os.Exit(1)
@@ -63,6 +69,9 @@ func run(ctx context.Context, socket, runc, root string) error {
 		return err
 	}
 	defer os.Remove(socket)
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	log.G(ctx).WithField("uptime", time.Duration(ts.Nano())).Debug("task service listening")
 	demux := conn.NewDemux(l, conn.KindTask, nil)
 	server, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, unmarshal ttrpc.Unmarshaler, _ *ttrpc.UnaryServerInfo, method ttrpc.Method) (interface{}, error) {
 		resp, err := method(ctx, unmarshal)

@@ -61,9 +61,11 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := os.MkdirAll(c.bundle, 0o711); err != nil {
 		return nil, err
 	}
+	began := time.Now()
 	if c.mounts, err = mountRootfs(ctx, s.cfg.SysfsRoot, c.bundle, r.Rootfs); err != nil {
 		return nil, err
 	}
+	debugTook(ctx, "rootfs mounted", began)
 	disk := func(serial string) (int64, int64, error) {
 		d, err := blockdev.Wait(ctx, s.cfg.SysfsRoot, serial, deviceWait)
 		return d.Major, d.Minor, err
@@ -92,11 +94,13 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	c.init = p
 	pidFile := filepath.Join(c.bundle, "init.pid")
 	handleStarted, cleanup := s.preStart()
+	began = time.Now()
 	if err := s.runcFor(c).Create(ctx, r.ID, c.bundle, &runc.CreateOpts{IO: pio.runcIO(), ConsoleSocket: pio.consoleSocket(), PidFile: pidFile}); err != nil {
 		cleanup()
 		pio.close()
 		return nil, runcError(c, "create", err)
 	}
+	debugTook(ctx, "runtime create", began)
 	pid, err := runc.ReadPidFile(pidFile)
 	if err == nil {
 		err = pio.start(ctx)
@@ -133,9 +137,11 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return nil, p.stateError("start")
 	}
 	if r.ExecID == "" {
+		began := time.Now()
 		if err := s.runcFor(c).Start(ctx, r.ID); err != nil {
 			return nil, runcError(c, "start", err)
 		}
+		debugTook(ctx, "runtime start", began)
 		p.mu.Lock()
 		if p.state == procCreated {
 			p.state = procRunning
@@ -267,9 +273,11 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			p.setExited(128+int(unix.SIGKILL), time.Now())
 		}
 	default:
+		began := time.Now()
 		if err := s.runcFor(c).Delete(ctx, r.ID, &runc.DeleteOpts{}); err != nil && !strings.Contains(err.Error(), "does not exist") {
 			return nil, runcError(c, "delete", err)
 		}
+		debugTook(ctx, "runtime delete", began)
 	}
 	if p.io != nil {
 		p.io.close()

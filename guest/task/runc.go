@@ -1,15 +1,18 @@
 package task
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
+	"github.com/containerd/log"
 )
 
 // runcFor returns the runc of one container: its log goes to the bundle,
@@ -50,6 +53,12 @@ func lastRuncError(path string) string {
 		}
 	}
 	return msg
+}
+
+// debugTook logs, at debug level, how long a step took: the cold start's
+// breakdown (see test/bench's trace section) reads these.
+func debugTook(ctx context.Context, what string, began time.Time) {
+	log.G(ctx).WithField("took", time.Since(began)).Debug(what)
 }
 
 // checkRunc says clearly when there is no runc to run containers with.

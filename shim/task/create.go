@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runtimeoptions/v1"
@@ -141,10 +142,12 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}()
 	}
 
+	began := time.Now()
 	guestRootfs, err := sb.AttachRootfs(ctx, r.ID, r.Bundle, r.Rootfs)
 	if err != nil {
 		return nil, err
 	}
+	log.G(ctx).WithField("took", time.Since(began)).Debug("rootfs attached")
 	if err := attachDevices(ctx, sb, r.ID, spec, blockDevs); err != nil {
 		return nil, err // detached by the Release above
 	}

@@ -203,7 +203,9 @@ func bareBoot(work, kernel, initrd, tools string, i int) (time.Duration, error) 
 	defer os.RemoveAll(dir)
 	console := filepath.Join(dir, "console.sock")
 	for j, a := range args {
-		if strings.HasPrefix(a, "file,id=console,") {
+		// The driver's console is a descriptor QEMU inherits; the bare
+		// boot listens on a socket of its own instead.
+		if strings.HasPrefix(a, "socket,id=console,") || strings.HasPrefix(a, "file,id=console,") {
 			args[j] = "socket,id=console,path=" + console + ",server=on,wait=off"
 		}
 	}

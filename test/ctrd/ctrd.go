@@ -68,6 +68,9 @@ type Options struct {
 	// containerd 2.4: it needs erofs in the kernel and mkfs.erofs) is
 	// loaded either way; overlayfs stays the default snapshotter.
 	ErofsDefaultSize string
+	// Debug logs containerd's and the shim's debug lines (and the guest's,
+	// through the shim's vm.debug) into the daemon's log (see LogTail).
+	Debug bool
 }
 
 // Containerd16Dir holds Debian 12's containerd 1.6 and its ctr, unpacked
@@ -142,12 +145,13 @@ kernel = %q
 initrd = %q
 tools = %q
 state_root = %q
+debug = %v
 [rootfs]
 layer_cache = %q
 upper_size_mib = 256
 [operator]
 disk_roots = [%q]
-`, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), d.LayerCache(), d.DiskRoot())), 0o644); err != nil {
+`, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), o.Debug, d.LayerCache(), d.DiskRoot())), 0o644); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(d.DiskRoot(), 0o700); err != nil {
@@ -195,6 +199,9 @@ state = %q
 		toml += fmt.Sprintf(`[plugins.'io.containerd.snapshotter.v1.erofs']
   default_size = %q
 `, o.ErofsDefaultSize)
+	}
+	if o.Debug {
+		toml += "[debug]\n  level = \"debug\"\n"
 	}
 	if err := os.WriteFile(config, []byte(toml), 0o644); err != nil {
 		return nil, err
