@@ -26,7 +26,7 @@ import (
 )
 
 // Create makes a container: rootfs from the host's disks, the host's
-// config.json adapted to the guest, runc create.
+// config.json adapted to the guest, then the OCI runtime's create.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
 	if !validID.MatchString(r.ID) {
 		return nil, fmt.Errorf("container id %q: %w", r.ID, errdefs.ErrInvalidArgument)
@@ -38,7 +38,8 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
-	if err := s.checkRunc(); err != nil {
+	runtime, err := s.chooseRuntime(spec)
+	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
@@ -46,7 +47,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		s.mu.Unlock()
 		return nil, fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists)
 	}
-	c := &container{id: r.ID, bundle: filepath.Join(s.cfg.Root, r.ID), execs: map[string]*process{}}
+	c := &container{id: r.ID, bundle: filepath.Join(s.cfg.Root, r.ID), runtime: runtime, execs: map[string]*process{}}
 	s.containers[r.ID] = c // reserve the id
 	s.mu.Unlock()
 	defer func() {

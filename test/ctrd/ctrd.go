@@ -71,7 +71,15 @@ type Options struct {
 	// Debug logs containerd's and the shim's debug lines (and the guest's,
 	// through the shim's vm.debug) into the daemon's log (see LogTail).
 	Debug bool
+	// OCIRuntime is the shim's vm.oci_runtime: by default
+	// $QEMU_SHIM_TEST_OCI_RUNTIME, else the shim's default. Running a
+	// suite with each runtime checks that both pass it.
+	OCIRuntime string
 }
+
+// EnvOCIRuntime names the environment variable that chooses the guest's
+// OCI runtime for the tests (see Options.OCIRuntime).
+const EnvOCIRuntime = "QEMU_SHIM_TEST_OCI_RUNTIME"
 
 // Containerd16Dir holds Debian 12's containerd 1.6 and its ctr, unpacked
 // by 'make containerd16'.
@@ -100,6 +108,9 @@ func StartWith(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 	}
 	if o.ConfigVersion == 0 {
 		o.ConfigVersion = 3
+	}
+	if o.OCIRuntime == "" {
+		o.OCIRuntime = os.Getenv(EnvOCIRuntime)
 	}
 	if o.CRI && o.ConfigVersion != 3 && o.ConfigVersion != 2 {
 		return nil, fmt.Errorf("CRI is configured for configuration versions 2 (containerd 1.6) and 3 (containerd 2.x) only")
@@ -140,8 +151,12 @@ func StartWith(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 	d.Socket = filepath.Join(d.Run, "containerd.sock")
 	guest := d.bin("build/guest")
 	shimConfig := filepath.Join(d.Work, "qemu-shim.toml")
+	vmExtra := ""
+	if o.OCIRuntime != "" {
+		vmExtra = fmt.Sprintf("oci_runtime = %q\n", o.OCIRuntime)
+	}
 	if err := os.WriteFile(shimConfig, []byte(fmt.Sprintf(`[vm]
-kernel = %q
+%skernel = %q
 initrd = %q
 tools = %q
 state_root = %q
@@ -151,7 +166,7 @@ layer_cache = %q
 upper_size_mib = 256
 [operator]
 disk_roots = [%q]
-`, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), o.Debug, d.LayerCache(), d.DiskRoot())), 0o644); err != nil {
+`, vmExtra, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), o.Debug, d.LayerCache(), d.DiskRoot())), 0o644); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(d.DiskRoot(), 0o700); err != nil {
