@@ -71,10 +71,15 @@ build/runc: guest/tools/go.mod guest/tools/go.sum
 	cd guest/tools && CGO_ENABLED=1 $(GO) build -trimpath -tags "seccomp netgo osusergo" \
 		-ldflags "-s -w -extldflags -static" -o ../../build/runc github.com/opencontainers/runc
 
+# crun for the guest: Debian's, with the libraries it loads, rewritten to
+# load them from the tools disk.
+build/crun/crun: scripts/build-crun.sh
+	scripts/build-crun.sh build/crun
+
 guest: $(GUEST_DIR)/initramfs.cpio
 
-$(GUEST_DIR)/initramfs.cpio: $(BIN)/qemu-shim-agent $(BIN)/qemu-shim-taskd build/runc scripts/build-guest.sh
-	scripts/build-guest.sh $(GUEST_DIR) $(BIN)/qemu-shim-agent $(BIN)/qemu-shim-taskd build/runc
+$(GUEST_DIR)/initramfs.cpio: $(BIN)/qemu-shim-agent $(BIN)/qemu-shim-taskd build/runc build/crun/crun scripts/build-guest.sh
+	scripts/build-guest.sh $(GUEST_DIR) $(BIN)/qemu-shim-agent $(BIN)/qemu-shim-taskd build/runc build/crun
 
 deps:
 	scripts/deps.sh

@@ -8,17 +8,20 @@
 # under TCG), while the disk is mounted after the host has connected. The
 # same inputs give byte-identical images.
 #
-# Usage: build-guest.sh OUT_DIR AGENT_BINARY TASKD_BINARY [RUNC_BINARY]
+# Usage: build-guest.sh OUT_DIR AGENT_BINARY TASKD_BINARY [RUNC_BINARY [CRUN_DIR]]
+# CRUN_DIR is scripts/build-crun.sh's output: crun and lib/ go to the tools
+# disk's root beside runc.
 # Environment: GUEST_KERNEL_PACKAGE (default linux-image-cloud-amd64; a
 # metapackage is resolved to the kernel it depends on today),
 # GUEST_MODULES (the modules the guest needs; their dependencies are added).
 set -euo pipefail
 
-usage="usage: build-guest.sh OUT_DIR AGENT_BINARY TASKD_BINARY [RUNC_BINARY]"
+usage="usage: build-guest.sh OUT_DIR AGENT_BINARY TASKD_BINARY [RUNC_BINARY [CRUN_DIR]]"
 out=${1:?$usage}
 agent=${2:?$usage}
 taskd=${3:?$usage}
 runc=${4:-}
+crun=${5:-}
 package=${GUEST_KERNEL_PACKAGE:-linux-image-cloud-amd64}
 modules=${GUEST_MODULES:-virtio_pci virtio_blk virtio_scsi sd_mod virtiofs bridge virtio_net virtio_console vsock vmw_vsock_virtio_transport overlay erofs virtio_mem}
 
@@ -93,10 +96,16 @@ perl -e '
 		open(my $out, ">:raw", $f) or die "$f: $!";
 		print $out substr($b, 0, length($b) - length($magic) - 12 - $siglen); close $out;
 	}' $(find "$rd/lib/modules" -name '*.ko')
+# Parameters the agent loads modules with (guest/kmod's modules.options).
+# scsi_mod scan=manual: the virtio-scsi controller's probe would scan its
+# 256 targets (about a quarter of a second under TCG); the host plugs
+# every disk as a LUN of target 0, which the guest adds when the
+# controller reports it, without a scan (see vm.AttachDisk).
+printf 'options scsi_mod scan=manual\n' > "$rd/lib/modules/$version/modules.options"
 cp "$kroot/lib/modules/$version/modules.builtin" "$kroot/lib/modules/$version/modules.builtin.modinfo" "$kroot/lib/modules/$version/modules.order" "$rd/lib/modules/$version/"
 depmod -b "$rd" "$version"
 # Keep only what the agent reads: the binary indexes differ between runs.
-find "$rd/lib/modules/$version" -maxdepth 1 -type f ! -name modules.dep -delete
+find "$rd/lib/modules/$version" -maxdepth 1 -type f ! -name modules.dep ! -name modules.options -delete
 
 cp "$agent" "$rd/init"
 printf 'root:x:0:0:root:/:/bin/sh\n' > "$rd/etc/passwd"
@@ -110,6 +119,11 @@ rm -rf "$tools"
 mkdir -p "$tools"
 cp "$taskd" "$tools/qemu-shim-taskd"
 [ -z "$runc" ] || cp "$runc" "$tools/runc"
+if [ -n "$crun" ]; then
+	[ -x "$crun/crun" ] || die "no crun in $crun: run scripts/build-crun.sh"
+	cp "$crun/crun" "$tools/crun"
+	cp -r "$crun/lib" "$tools/lib"
+fi
 find "$tools" -exec touch -h -d @0 {} +
 mkfs.erofs --quiet -T0 -U 00000000-0000-0000-0000-00000000a9e7 --all-root "$out/tools.erofs.tmp" "$tools"
 mv "$out/tools.erofs.tmp" "$out/tools.erofs"

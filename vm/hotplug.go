@@ -23,12 +23,12 @@ type hotplugState struct {
 	mu sync.Mutex
 	// ports[i] is the network card on PCIe root port i, or "".
 	ports []string
-	// targets[t] is the disk on SCSI target t of the controller, or "".
-	targets []string
-	disks   map[string]int // disk ID → SCSI target, -1 for a boot disk
-	dimms   []dimm
-	cpus    []string // device ids of hot-plugged CPUs, in plug order
-	seq     int
+	// luns[n] is the disk on LUN n+1 of the controller's target 0, or "".
+	luns  []string
+	disks map[string]int // disk ID → index in luns, -1 for a boot disk
+	dimms []dimm
+	cpus  []string // device ids of hot-plugged CPUs, in plug order
+	seq   int
 	// virtioMemMiB is what the virtio-mem device was last asked to give.
 	virtioMemMiB int
 }
@@ -40,7 +40,7 @@ type dimm struct {
 
 func (h *hotplugState) init(cfg Config) {
 	h.ports = make([]string, cfg.HotplugPorts)
-	h.targets = make([]string, cmdline.ScsiTargets)
+	h.luns = make([]string, cmdline.ScsiTargets)
 	h.disks = map[string]int{}
 	for _, d := range cfg.Disks {
 		h.disks[d.ID] = -1 // present at boot, not on a hot-plug port

@@ -345,7 +345,7 @@ func TestAttachAndDetachDisks(t *testing.T) {
 	if format != (blockdevAdd{Driver: "qcow2", NodeName: "drv-b", File: "file-b", ReadOnly: true}) {
 		t.Errorf("format node %+v", format)
 	}
-	if dev != (scsiDiskAdd{Driver: "scsi-hd", ID: "b", Drive: "drv-b", Serial: "b", Bus: "scsi0.0", SCSIID: 1}) {
+	if dev != (scsiDiskAdd{Driver: "scsi-hd", ID: "b", Drive: "drv-b", Serial: "b", Bus: "scsi0.0", SCSIID: 0, LUN: 2}) {
 		t.Errorf("device %+v", dev)
 	}
 
@@ -365,14 +365,14 @@ func TestAttachAndDetachDisks(t *testing.T) {
 	if err := r.inst.DetachDisk(r.ctx, "a"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("detaching a twice: %v", err)
 	}
-	// a's target is free again.
+	// a's LUN is free again.
 	c := testDisk(t, dir, "c")
 	if err := r.inst.AttachDisk(r.ctx, c); err != nil {
 		t.Fatal(err)
 	}
 	calls = r.qemu.Calls()
 	calls[len(calls)-1].Decode(&dev)
-	if dev.ID != "c" || dev.SCSIID != 0 {
+	if dev.ID != "c" || dev.SCSIID != 0 || dev.LUN != 1 {
 		t.Errorf("c went to %+v", dev)
 	}
 }
@@ -393,7 +393,7 @@ func TestAttachDiskUndoesAFailedPlug(t *testing.T) {
 	if r.commands() != "blockdev-add blockdev-add device_add blockdev-del blockdev-del" || n1.NodeName != "drv-a" || n2.NodeName != "file-a" {
 		t.Errorf("sent %+v", calls)
 	}
-	if len(r.inst.hp.disks) != 0 || slices.ContainsFunc(r.inst.hp.targets, func(s string) bool { return s != "" }) {
+	if len(r.inst.hp.disks) != 0 || slices.ContainsFunc(r.inst.hp.luns, func(s string) bool { return s != "" }) {
 		t.Error("a failed attach left the disk recorded")
 	}
 }

@@ -196,11 +196,6 @@ func run(ctx context.Context) error {
 		close(taskdStarted)
 		step("taskd-started")
 	}()
-	if log.GetLevel() >= log.DebugLevel {
-		for _, st := range svc.Timeline() {
-			log.G(ctx).WithField("at", time.Duration(st.AtNs)).Debug("boot step " + st.Name)
-		}
-	}
 	log.G(ctx).WithField("transport", kind).Debug("agent serving")
 	return server.Serve(ctx, demux.Listener())
 }

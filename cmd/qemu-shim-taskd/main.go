@@ -1,7 +1,7 @@
 // Command qemu-shim-taskd is the guest's task service: containerd's task
-// API under runc, and the event log the host replays. The agent starts it
-// from the tools disk and relays to it the host's task connections and
-// stdio streams over a Unix socket.
+// API under an OCI runtime (crun or runc), and the event log the host
+// replays. The agent starts it from the tools disk and relays to it the
+// host's task connections and stdio streams over a Unix socket.
 package main
 
 import (
@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/pkg/sys/reaper"
@@ -24,6 +26,8 @@ import (
 	eventsapi "github.com/qemu-shim/qemu-shim/api/events/v1"
 	networkapi "github.com/qemu-shim/qemu-shim/api/network/v1"
 	volumeapi "github.com/qemu-shim/qemu-shim/api/volume/v1"
+	"github.com/qemu-shim/qemu-shim/api/wire"
+	"github.com/qemu-shim/qemu-shim/guest/boot"
 	"github.com/qemu-shim/qemu-shim/guest/network"
 	"github.com/qemu-shim/qemu-shim/guest/task"
 	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
@@ -31,17 +35,37 @@ import (
 
 func main() {
 	socket := flag.String("socket", "/run/qemu-shim/taskd.sock", "Unix socket to serve on")
-	runc := flag.String("runc", "/run/qemu-shim/tools/runc", "runc binary")
+	runc := flag.String("runc", "/run/qemu-shim/tools/runc", "runc binary; crun, if the tools have it, is beside it")
+	runtime := flag.String("runtime", "", "the OCI runtime of containers whose spec names none (runc or crun; default: crun if the tools have it)")
 	root := flag.String("root", "/run/qemu-shim/containers", "containers' bundles")
 	flag.Parse()
-	log.L.Logger.SetFormatter(&logrus.TextFormatter{DisableColors: true, FullTimestamp: true})
-	if err := run(context.Background(), *socket, *runc, *root); err != nil {
+	log.L.Logger.SetFormatter(&logrus.TextFormatter{DisableColors: true, FullTimestamp: true, TimestampFormat: log.RFC3339NanoFixed})
+	// The agent's debug switch (the shim's vm.debug) is the kernel's.
+	if cmdline, err := os.ReadFile("/proc/cmdline"); err == nil && boot.KernelParams(string(cmdline), "qemu_shim.")["debug"] == "1" {
+		log.SetLevel("debug")
+	}
+	runtimes := map[string]string{wire.RuntimeRunc: *runc}
+	if crun := filepath.Join(filepath.Dir(*runc), wire.RuntimeCrun); fileExists(crun) {
+		runtimes[wire.RuntimeCrun] = crun
+	}
+	if *runtime == "" {
+		*runtime = wire.RuntimeRunc
+		if _, ok := runtimes[wire.RuntimeCrun]; ok {
+			*runtime = wire.RuntimeCrun
+		}
+	}
+	if err := run(context.Background(), *socket, *root, runtimes, *runtime); err != nil {
 		fmt.Fprintf(os.Stderr, "qemu-shim-taskd: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, socket, runc, root string) error {
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func run(ctx context.Context, socket, root string, runtimes map[string]string, defaultRuntime string) error {
 	// Orphans of containers come here, not to the agent: runc's and the
 	// containers' exits go to reaper.Default's subscribers.
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
@@ -54,15 +78,21 @@ func run(ctx context.Context, socket, runc, root string) error {
 			reaper.Reap()
 		}
 	}()
-	// runc's first start pages its 10 MB in from the tools disk: do that
-	// now, while the host is still attaching the container's disks.
-	go exec.Command(runc, "--version").Run()
+	// The runtime's first start pages it in from the tools disk (runc's
+	// 10 MB; crun's loader and libraries): do that now, while the host is
+	// still attaching the container's disks.
+	if bin, ok := runtimes[defaultRuntime]; ok {
+		go exec.Command(bin, "--version").Run()
+	}
 	os.Remove(socket)
 	l, err := net.Listen("unix", socket)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(socket)
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	log.G(ctx).WithField("uptime", time.Duration(ts.Nano())).Debug("task service listening")
 	demux := conn.NewDemux(l, conn.KindTask, nil)
 	server, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, unmarshal ttrpc.Unmarshaler, _ *ttrpc.UnaryServerInfo, method ttrpc.Method) (interface{}, error) {
 		resp, err := method(ctx, unmarshal)
@@ -74,7 +104,8 @@ func run(ctx context.Context, socket, runc, root string) error {
 	events := task.NewEventLog(task.DefaultEventRetention)
 	netSvc := &network.Service{Path: network.NamespacePath}
 	tasks := task.New(ctx, task.Config{
-		Runc: runc, Root: root, SysfsRoot: "/sys", Streams: demux, Events: events,
+		Runtimes: runtimes, DefaultRuntime: defaultRuntime,
+		Root: root, SysfsRoot: "/sys", Streams: demux, Events: events,
 		NetworkNamespace: netSvc.Namespace,
 		Share:            task.MountShare(task.ShareMountPoint),
 	})

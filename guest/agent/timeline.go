@@ -2,6 +2,9 @@ package agent
 
 import (
 	"sync"
+	"time"
+
+	"github.com/containerd/log"
 
 	"golang.org/x/sys/unix"
 
@@ -15,13 +18,15 @@ type Timeline struct {
 	steps []*api.BootStep
 }
 
-// Step records that the step name finished now.
+// Step records that the step name finished now, and logs it at debug
+// level.
 func (t *Timeline) Step(name string) {
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
 	t.mu.Lock()
 	t.steps = append(t.steps, &api.BootStep{Name: name, AtNs: uint64(ts.Nano())})
 	t.mu.Unlock()
+	log.L.WithField("at", time.Duration(ts.Nano())).Debug("boot step " + name)
 }
 
 // Steps returns a copy of the steps so far, in order.

@@ -69,18 +69,42 @@ func Wait(ctx context.Context, sysfs, serial string, wait time.Duration) (Device
 		return Device{}, fmt.Errorf("disk serial %q: want 1-20 characters: %w", serial, errdefs.ErrInvalidArgument)
 	}
 	deadline := time.Now().Add(wait)
+	var lastScan time.Time
 	for {
-		if d, ok := Find(sysfs, serial); ok && d.SizeBytes > 0 {
+		d, ok := Find(sysfs, serial)
+		if ok && d.SizeBytes > 0 {
 			return d, nil
 		}
 		if time.Now().After(deadline) {
 			return Device{}, fmt.Errorf("no disk with serial %q after %v: %w", serial, wait, errdefs.ErrNotFound)
+		}
+		if !ok && time.Since(lastScan) >= scanEvery {
+			ScanSCSI(sysfs)
+			lastScan = time.Now()
 		}
 		select {
 		case <-ctx.Done():
 			return Device{}, ctx.Err()
 		case <-time.After(5 * time.Millisecond):
 		}
+	}
+}
+
+// scanEvery spaces the scans of a wait.
+const scanEvery = 100 * time.Millisecond
+
+// ScanSCSI asks each virtio-scsi controller for the LUNs of its target 0,
+// where the host plugs disks (one REPORT LUNS command; the LUNs known
+// already cost nothing). The guest's scsi_mod loads with scan=manual, so
+// nothing scans by itself: a disk the controller reported while its driver
+// was not loaded yet, or whose report was lost, is found this way.
+func ScanSCSI(sysfs string) {
+	hosts, _ := filepath.Glob(filepath.Join(sysfs, "class", "scsi_host", "host*"))
+	for _, h := range hosts {
+		if readTrim(filepath.Join(h, "proc_name")) != "virtio_scsi" {
+			continue
+		}
+		os.WriteFile(filepath.Join(h, "scan"), []byte("0 0 -"), 0)
 	}
 }
 

@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
+	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 )
 
@@ -100,14 +102,37 @@ func Order(mods map[string]*Module, names []string) ([]*Module, error) {
 	return out, nil
 }
 
-// Load loads one module file; a module already loaded is not an error.
-func Load(path string) error {
+// OptionsFile, beside modules.dep, holds the parameters modules are loaded
+// with, as modprobe.d's "options NAME PARAM=VALUE..." lines.
+const OptionsFile = "modules.options"
+
+// ParseOptions reads an options file: module name → its parameters.
+func ParseOptions(r io.Reader) (map[string]string, error) {
+	opts := map[string]string{}
+	s := bufio.NewScanner(r)
+	for line := 1; s.Scan(); line++ {
+		f := strings.Fields(s.Text())
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		if f[0] != "options" || len(f) < 3 {
+			return nil, fmt.Errorf("%s line %d: want \"options NAME PARAM=VALUE...\", got %q", OptionsFile, line, s.Text())
+		}
+		name := strings.ReplaceAll(f[1], "-", "_")
+		opts[name] = strings.TrimSpace(opts[name] + " " + strings.Join(f[2:], " "))
+	}
+	return opts, s.Err()
+}
+
+// Load loads one module file with the given parameters ("" for none); a
+// module already loaded is not an error.
+func Load(path, params string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("load module: %w", err)
 	}
 	defer f.Close()
-	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := unix.FinitModule(int(f.Fd()), params, 0); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("load module %s: %w", path, err)
 	}
 	return nil
@@ -117,10 +142,11 @@ func Load(path string) error {
 type Loader struct {
 	Dir    string
 	mods   map[string]*Module
+	opts   map[string]string
 	loaded map[string]bool
 }
 
-// NewLoader reads Dir/modules.dep.
+// NewLoader reads Dir/modules.dep, and Dir/modules.options if there is one.
 func NewLoader(dir string) (*Loader, error) {
 	f, err := os.Open(filepath.Join(dir, "modules.dep"))
 	if err != nil {
@@ -131,7 +157,16 @@ func NewLoader(dir string) (*Loader, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Loader{Dir: dir, mods: mods, loaded: map[string]bool{}}, nil
+	opts := map[string]string{}
+	if o, err := os.Open(filepath.Join(dir, OptionsFile)); err == nil {
+		defer o.Close()
+		if opts, err = ParseOptions(o); err != nil {
+			return nil, err
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("read module options: %w", err)
+	}
+	return &Loader{Dir: dir, mods: mods, opts: opts, loaded: map[string]bool{}}, nil
 }
 
 // Has says whether the module is available.
@@ -149,9 +184,11 @@ func (l *Loader) Load(names ...string) ([]string, error) {
 		if l.loaded[m.Name] {
 			continue
 		}
-		if err := Load(filepath.Join(l.Dir, m.Path)); err != nil {
+		began := time.Now()
+		if err := Load(filepath.Join(l.Dir, m.Path), l.opts[m.Name]); err != nil {
 			return loaded, err
 		}
+		log.L.WithField("module", m.Name).WithField("took", time.Since(began)).Debug("module loaded")
 		l.loaded[m.Name] = true
 		loaded = append(loaded, m.Name)
 	}

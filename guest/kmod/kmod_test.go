@@ -75,3 +75,24 @@ func TestName(t *testing.T) {
 		}
 	}
 }
+
+func TestParseOptions(t *testing.T) {
+	opts, err := ParseOptions(strings.NewReader("# comment\n\noptions scsi_mod scan=manual\noptions virtio-net napi_tx=0 x=1\noptions scsi_mod max_luns=8\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"scsi_mod": "scan=manual max_luns=8", "virtio_net": "napi_tx=0 x=1"}
+	if len(opts) != len(want) {
+		t.Fatalf("got %v, want %v", opts, want)
+	}
+	for k, v := range want {
+		if opts[k] != v {
+			t.Errorf("%s: got %q, want %q", k, opts[k], v)
+		}
+	}
+	for _, bad := range []string{"scsi_mod scan=manual\n", "options scsi_mod\n", "blacklist x\n"} {
+		if _, err := ParseOptions(strings.NewReader(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}

@@ -13,6 +13,8 @@ import (
 // container is one OCI container in the guest.
 type container struct {
 	id, bundle string
+	// runtime names the OCI runtime the container runs under.
+	runtime string
 	// mounts are the rootfs mounts, innermost last.
 	mounts []string
 	init   *process

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -61,10 +62,12 @@ func (s *Service) startExec(ctx context.Context, c *container, p *process) (int,
 	pidFile := filepath.Join(c.bundle, "exec-"+p.execID+".pid")
 	defer os.Remove(pidFile)
 	opts := &runc.ExecOpts{IO: pio.runcIO(), ConsoleSocket: pio.consoleSocket(), PidFile: pidFile, Detach: true}
+	began := time.Now()
 	if err := s.runcFor(c).Exec(ctx, c.id, *p.spec, opts); err != nil {
 		pio.close()
 		return 0, runcError(c, "exec", err)
 	}
+	debugTook(ctx, "runtime exec", began)
 	pid, err := runc.ReadPidFile(pidFile)
 	if err != nil {
 		pio.close()

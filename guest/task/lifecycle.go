@@ -26,7 +26,7 @@ import (
 )
 
 // Create makes a container: rootfs from the host's disks, the host's
-// config.json adapted to the guest, runc create.
+// config.json adapted to the guest, then the OCI runtime's create.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
 	if !validID.MatchString(r.ID) {
 		return nil, fmt.Errorf("container id %q: %w", r.ID, errdefs.ErrInvalidArgument)
@@ -38,7 +38,8 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
-	if err := s.checkRunc(); err != nil {
+	runtime, err := s.chooseRuntime(spec)
+	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
@@ -46,7 +47,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		s.mu.Unlock()
 		return nil, fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists)
 	}
-	c := &container{id: r.ID, bundle: filepath.Join(s.cfg.Root, r.ID), execs: map[string]*process{}}
+	c := &container{id: r.ID, bundle: filepath.Join(s.cfg.Root, r.ID), runtime: runtime, execs: map[string]*process{}}
 	s.containers[r.ID] = c // reserve the id
 	s.mu.Unlock()
 	defer func() {
@@ -61,9 +62,11 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := os.MkdirAll(c.bundle, 0o711); err != nil {
 		return nil, err
 	}
+	began := time.Now()
 	if c.mounts, err = mountRootfs(ctx, s.cfg.SysfsRoot, c.bundle, r.Rootfs); err != nil {
 		return nil, err
 	}
+	debugTook(ctx, "rootfs mounted", began)
 	disk := func(serial string) (int64, int64, error) {
 		d, err := blockdev.Wait(ctx, s.cfg.SysfsRoot, serial, deviceWait)
 		return d.Major, d.Minor, err
@@ -92,11 +95,13 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	c.init = p
 	pidFile := filepath.Join(c.bundle, "init.pid")
 	handleStarted, cleanup := s.preStart()
+	began = time.Now()
 	if err := s.runcFor(c).Create(ctx, r.ID, c.bundle, &runc.CreateOpts{IO: pio.runcIO(), ConsoleSocket: pio.consoleSocket(), PidFile: pidFile}); err != nil {
 		cleanup()
 		pio.close()
 		return nil, runcError(c, "create", err)
 	}
+	debugTook(ctx, "runtime create", began)
 	pid, err := runc.ReadPidFile(pidFile)
 	if err == nil {
 		err = pio.start(ctx)
@@ -133,9 +138,11 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return nil, p.stateError("start")
 	}
 	if r.ExecID == "" {
+		began := time.Now()
 		if err := s.runcFor(c).Start(ctx, r.ID); err != nil {
 			return nil, runcError(c, "start", err)
 		}
+		debugTook(ctx, "runtime start", began)
 		p.mu.Lock()
 		if p.state == procCreated {
 			p.state = procRunning
@@ -267,9 +274,11 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			p.setExited(128+int(unix.SIGKILL), time.Now())
 		}
 	default:
+		began := time.Now()
 		if err := s.runcFor(c).Delete(ctx, r.ID, &runc.DeleteOpts{}); err != nil && !strings.Contains(err.Error(), "does not exist") {
 			return nil, runcError(c, "delete", err)
 		}
+		debugTook(ctx, "runtime delete", began)
 	}
 	if p.io != nil {
 		p.io.close()

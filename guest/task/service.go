@@ -33,11 +33,16 @@ var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
 
 // Config wires the service to the guest.
 type Config struct {
-	// Runc is the runc binary; Root holds the containers' bundles.
-	Runc, Root string
-	SysfsRoot  string
-	Streams    StreamSource
-	Events     *EventLog
+	// Runtimes are the OCI runtimes containers run under, by name
+	// (wire.RuntimeRunc, wire.RuntimeCrun): runc-compatible binaries.
+	Runtimes map[string]string
+	// DefaultRuntime runs the containers whose spec names no runtime.
+	DefaultRuntime string
+	// Root holds the containers' bundles, and each runtime's state.
+	Root      string
+	SysfsRoot string
+	Streams   StreamSource
+	Events    *EventLog
 	// NetworkNamespace returns the path of the VM's container network
 	// namespace (made on first use). Nil leaves containers in the guest's
 	// root namespace.
@@ -49,8 +54,8 @@ type Config struct {
 
 // Service is the task service.
 type Service struct {
-	cfg  Config
-	runc *runc.Runc
+	cfg      Config
+	runtimes map[string]*runc.Runc
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -74,11 +79,15 @@ func New(ctx context.Context, cfg Config) *Service {
 	runc.Monitor = reaper.Default
 	s := &Service{
 		cfg:             cfg,
-		runc:            &runc.Runc{Command: cfg.Runc, Root: filepath.Join(cfg.Root, ".runc"), Log: filepath.Join(cfg.Root, ".runc.log"), LogFormat: runc.JSON, PdeathSignal: unix.SIGKILL},
+		runtimes:        map[string]*runc.Runc{},
 		containers:      map[string]*container{},
 		running:         map[int][]*process{},
 		exitSubscribers: map[*map[int][]runc.Exit]struct{}{},
 		volumes:         map[string]*volume{},
+	}
+	for name, bin := range cfg.Runtimes {
+		// Each keeps its state apart: their formats differ.
+		s.runtimes[name] = &runc.Runc{Command: bin, Root: filepath.Join(cfg.Root, "."+name), Log: filepath.Join(cfg.Root, "."+name+".log"), LogFormat: runc.JSON, PdeathSignal: unix.SIGKILL}
 	}
 	go s.exitLoop(ctx, reaper.Default.Subscribe())
 	return s

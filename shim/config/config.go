@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +15,8 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/qemu-shim/qemu-shim/api/wire"
 )
 
 //go:embed default.toml
@@ -67,6 +70,9 @@ type VM struct {
 	AllowUnconfined bool `toml:"allow_unconfined"`
 	// Virtiofsd serves the containers' bind mounts to the guest.
 	Virtiofsd string `toml:"virtiofsd"`
+	// OCIRuntime is the OCI runtime the guest runs containers under:
+	// crun or runc (wire.OCIRuntimes), both on the tools disk.
+	OCIRuntime string `toml:"oci_runtime"`
 }
 
 // Rootfs configures how snapshots become disks.
@@ -170,6 +176,8 @@ func (c *Config) Validate() error {
 		return bad("vm.boot_timeout %v: want a positive duration", v.BootTimeout)
 	case !filepath.IsAbs(v.StateRoot):
 		return bad("vm.state_root %q: want an absolute path", v.StateRoot)
+	case !slices.Contains(wire.OCIRuntimes, v.OCIRuntime):
+		return bad("vm.oci_runtime %q: want one of %s", v.OCIRuntime, strings.Join(wire.OCIRuntimes, ", "))
 	case c.Rootfs.UpperSizeMiB < 16:
 		return bad("rootfs.upper_size_mib %d: want at least 16", c.Rootfs.UpperSizeMiB)
 	case c.Template.Enabled && (!filepath.IsAbs(c.Template.Dir) || filepath.Clean(c.Template.Dir) == "/"):
@@ -195,6 +203,7 @@ const (
 	AnnotationMemoryMiB    = AnnotationPrefix + "vm.memory_mib"
 	AnnotationKernelParams = AnnotationPrefix + "vm.kernel_params"
 	AnnotationDebug        = AnnotationPrefix + "vm.debug"
+	AnnotationOCIRuntime   = AnnotationPrefix + "vm.oci_runtime"
 )
 
 // AnnotationGroup puts containers into one shim and one VM; the shim's
@@ -206,7 +215,7 @@ const AnnotationGroup = AnnotationPrefix + "group"
 var GroupAnnotations = []string{AnnotationGroup, "io.kubernetes.cri.sandbox-id"}
 
 // KnownAnnotations lists every io.qemu-shim.* annotation the shim knows.
-var KnownAnnotations = []string{AnnotationCPUs, AnnotationMaxCPUs, AnnotationMemoryMiB, AnnotationKernelParams, AnnotationDebug, AnnotationGroup}
+var KnownAnnotations = []string{AnnotationCPUs, AnnotationMaxCPUs, AnnotationMemoryMiB, AnnotationKernelParams, AnnotationDebug, AnnotationOCIRuntime, AnnotationGroup}
 
 // ApplyAnnotations applies a container's io.qemu-shim.* annotations; an
 // unknown key or a bad value is an error naming it. Annotations come from
@@ -251,6 +260,8 @@ func (c *Config) ApplyAnnotations(annotations map[string]string) error {
 				return bad("true or false")
 			}
 			c.VM.Debug = b
+		case AnnotationOCIRuntime:
+			c.VM.OCIRuntime = v // checked by Validate
 		case AnnotationGroup:
 			// The manager's: it chose the shim this container is in.
 		default:

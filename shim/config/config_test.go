@@ -140,6 +140,7 @@ func TestREADMEAnnotationsAreAccepted(t *testing.T) {
 		AnnotationMemoryMiB:    "512",
 		AnnotationKernelParams: "quiet",
 		AnnotationDebug:        "true",
+		AnnotationOCIRuntime:   "runc",
 		AnnotationGroup:        "pod1",
 	}
 	documented := map[string]bool{}

@@ -72,7 +72,8 @@ func Boot(ctx context.Context, spec Spec) (Sandbox, error) {
 		v.staging = &share.Staging{Dir: dir, Pid: inst.ShareNamespacePid()}
 	}
 	if log.GetLevel() >= log.DebugLevel {
-		v.logTimeline(ctx)
+		// Not on the way: the guest is busy starting its task service.
+		go v.logTimeline(context.WithoutCancel(ctx))
 	}
 	return v, nil
 }

@@ -50,7 +50,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 }
 
 func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
-	configJSON, spec, err := bundle.ReadSpec(r.Bundle)
+	_, spec, err := bundle.ReadSpec(r.Bundle)
 	if err != nil {
 		return nil, err
 	}
@@ -73,20 +73,17 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	// Devices are refused before a VM boots for them; the spec sent to the
 	// guest changes when some are left out or attached.
-	ndev := 0
-	if spec.Linux != nil {
-		ndev = len(spec.Linux.Devices)
-	}
 	blockDevs, err := planDevices(ctx, r.ID, spec, hostBlockDevice)
 	if err != nil {
 		return nil, err
 	}
-	respec := len(blockDevs) > 0 || (spec.Linux != nil && len(spec.Linux.Devices) != ndev)
-	if _, ok := spec.Annotations[wire.BlockDevicesAnnotation]; ok {
-		// Only the shim names disks to the guest.
-		delete(spec.Annotations, wire.BlockDevicesAnnotation)
-		respec = true
+	// Only the shim names disks and the OCI runtime to the guest (the
+	// spec sent is always the shim's rewrite of the bundle's).
+	delete(spec.Annotations, wire.BlockDevicesAnnotation)
+	if spec.Annotations == nil {
+		spec.Annotations = map[string]string{}
 	}
+	spec.Annotations[wire.OCIRuntimeAnnotation] = cfg.VM.OCIRuntime
 	var size config.Size
 	if spec.Linux != nil {
 		size = config.SizeOf(spec.Linux.Resources)
@@ -145,11 +142,13 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}()
 	}
 
+	began := time.Now()
 	guestRootfs, err := sb.AttachRootfs(ctx, r.ID, r.Bundle, r.Rootfs)
 	if err != nil {
 		return nil, err
 	}
 	tl.step("rootfs")
+	log.G(ctx).WithField("took", time.Since(began)).Debug("rootfs attached")
 	if err := attachDevices(ctx, sb, r.ID, spec, blockDevs); err != nil {
 		return nil, err // detached by the Release above
 	}
@@ -173,12 +172,10 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		if spec.Mounts, err = sb.Stage(r.ID, spec.Mounts); err != nil {
 			return nil, err
 		}
-		respec = true
 	}
-	if respec {
-		if configJSON, err = json.Marshal(spec); err != nil {
-			return nil, err
-		}
+	configJSON, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
 	}
 
 	tl.step("devices-hooks-network-binds")

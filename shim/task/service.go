@@ -142,11 +142,13 @@ func guestCall[Resp any](ctx context.Context, s *Service, sb sandbox.Sandbox, wh
 	}
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	began := time.Now()
 	a, err := sb.Tasks(cctx)
 	if err != nil {
 		return nil, fmt.Errorf("%s: reach the guest: %w", what, err)
 	}
 	resp, err := call(cctx, a)
+	log.G(ctx).WithField("call", what).WithField("took", time.Since(began)).Debug("guest call")
 	if err != nil && ctx.Err() == nil && cctx.Err() != nil {
 		return nil, fmt.Errorf("%s: the guest did not answer within %v: %w", what, timeout, context.DeadlineExceeded)
 	}

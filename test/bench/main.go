@@ -13,6 +13,11 @@
 //     namespace adds to a start, beside runc's.
 //   - cri: a pod's start through containerd's CRI plugin, qemu handler
 //     beside runc, and a pod VM's host overhead.
+//   - hotplug: vCPU grow and shrink, disk attach and detach.
+//   - runtimes: the guest's OCI runtimes (crun, runc) side by side: the
+//     first container after boot, the next, an exec.
+//   - trace: where a cold `ctr run --rm` of echo spends its time, from the
+//     shim's and the guest's debug logs, and QEMU's CPU time.
 package main
 
 import (
@@ -39,7 +44,7 @@ func main() {
 	guestDir := flag.String("guest-dir", guestimage.Dir(), "guest image directory")
 	runcPath := flag.String("runc", "build/runc", "runc binary for the host baseline")
 	runs := flag.Int("n", 7, "runs of each measurement")
-	only := flag.String("only", "", "run one section: boot, containers, ctr, share, bind, net, cri or hotplug")
+	only := flag.String("only", "", "run one section: boot, containers, ctr, share, bind, net, cri, hotplug, runtimes or trace")
 	flag.Parse()
 	log.SetLevel("warn")
 	section = *only
@@ -116,6 +121,13 @@ func run(guestDir, runcPath string, runs int) error {
 		{"net", func() error { return netSection(runs) }},
 		{"cri", func() error { return criSection(runs) }},
 		{"hotplug", func() error { return hotplugSection(work, img, runs) }},
+		{"runtimes", func() error { return runtimesSection(work, img, runs) }},
+		{"trace", func() error {
+			if section != "trace" {
+				return nil // a diagnosis, not a figure: only when asked
+			}
+			return traceSection(runs)
+		}},
 	} {
 		if want(s.name) {
 			fmt.Printf("\n")
@@ -210,6 +222,8 @@ func bareBoot(work, kernel, initrd, tools string, i int) (time.Duration, error) 
 	defer os.RemoveAll(dir)
 	console := filepath.Join(dir, "console.sock")
 	for j, a := range args {
+		// The driver's console is a descriptor QEMU inherits; the bare
+		// boot listens on a socket of its own instead.
 		if strings.HasPrefix(a, "socket,id=console,") {
 			args[j] = "socket,id=console,path=" + console + ",server=on,wait=off"
 		}

@@ -72,10 +72,18 @@ type Options struct {
 	// default the shim restores VMs from templates kept in TemplateDir
 	// (built by the daemon's first VM).
 	ColdBoot bool
-	// Debug runs containerd, and so the shims, at debug level (their
-	// timelines are then in LogTail).
+	// Debug logs containerd's and the shim's debug lines (and the guest's,
+	// through the shim's vm.debug) into the daemon's log (see LogTail).
 	Debug bool
+	// OCIRuntime is the shim's vm.oci_runtime: by default
+	// $QEMU_SHIM_TEST_OCI_RUNTIME, else the shim's default. Running a
+	// suite with each runtime checks that both pass it.
+	OCIRuntime string
 }
+
+// EnvOCIRuntime names the environment variable that chooses the guest's
+// OCI runtime for the tests (see Options.OCIRuntime).
+const EnvOCIRuntime = "QEMU_SHIM_TEST_OCI_RUNTIME"
 
 // Containerd16Dir holds Debian 12's containerd 1.6 and its ctr, unpacked
 // by 'make containerd16'.
@@ -104,6 +112,9 @@ func StartWith(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 	}
 	if o.ConfigVersion == 0 {
 		o.ConfigVersion = 3
+	}
+	if o.OCIRuntime == "" {
+		o.OCIRuntime = os.Getenv(EnvOCIRuntime)
 	}
 	if o.CRI && o.ConfigVersion != 3 && o.ConfigVersion != 2 {
 		return nil, fmt.Errorf("CRI is configured for configuration versions 2 (containerd 1.6) and 3 (containerd 2.x) only")
@@ -144,11 +155,16 @@ func StartWith(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 	d.Socket = filepath.Join(d.Run, "containerd.sock")
 	guest := d.bin("build/guest")
 	shimConfig := filepath.Join(d.Work, "qemu-shim.toml")
+	vmExtra := ""
+	if o.OCIRuntime != "" {
+		vmExtra = fmt.Sprintf("oci_runtime = %q\n", o.OCIRuntime)
+	}
 	if err := os.WriteFile(shimConfig, []byte(fmt.Sprintf(`[vm]
-kernel = %q
+%skernel = %q
 initrd = %q
 tools = %q
 state_root = %q
+debug = %v
 [rootfs]
 layer_cache = %q
 upper_size_mib = 256
@@ -157,27 +173,21 @@ disk_roots = [%q]
 [template]
 enabled = %t
 dir = %q
-`, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), d.LayerCache(), d.DiskRoot(), !o.ColdBoot, d.TemplateDir())), 0o644); err != nil {
+`, vmExtra, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), o.Debug, d.LayerCache(), d.DiskRoot(), !o.ColdBoot, d.TemplateDir())), 0o644); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(d.DiskRoot(), 0o700); err != nil {
 		return nil, err
 	}
 	config := filepath.Join(d.Work, "containerd.toml")
-	level := "info"
-	if o.Debug {
-		level = "debug"
-	}
 	toml := fmt.Sprintf(`version = %d
 root = %q
 state = %q
-[debug]
-  level = %q
 [grpc]
   address = %q
 [ttrpc]
   address = %q
-`, o.ConfigVersion, filepath.Join(d.Work, "root"), filepath.Join(d.Run, "state"), level, d.Socket, d.Socket+".ttrpc")
+`, o.ConfigVersion, filepath.Join(d.Work, "root"), filepath.Join(d.Run, "state"), d.Socket, d.Socket+".ttrpc")
 	if o.ConfigVersion < 3 {
 		// containerd 1.x: its managed /opt in the work directory, not
 		// the host's, and CRI only if asked for.
@@ -211,6 +221,9 @@ state = %q
 		toml += fmt.Sprintf(`[plugins.'io.containerd.snapshotter.v1.erofs']
   default_size = %q
 `, o.ErofsDefaultSize)
+	}
+	if o.Debug {
+		toml += "[debug]\n  level = \"debug\"\n"
 	}
 	if err := os.WriteFile(config, []byte(toml), 0o644); err != nil {
 		return nil, err

@@ -98,8 +98,8 @@ func MemoryBackend(shared bool) string {
 // ScsiControllerID + ".0".
 const ScsiControllerID = "scsi0"
 
-// ScsiTargets is how many disks the controller holds: QEMU's virtio-scsi
-// reports 255 as its highest target, and each disk is LUN 0 of one target.
+// ScsiTargets is how many disks the controller holds (LUNs 1-256 of its
+// target 0, see vm.AttachDisk).
 const ScsiTargets = 256
 
 // HotplugPortName names the i-th PCIe root port kept for hot-plug.
