@@ -309,20 +309,25 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	if agentErr != nil {
 		return wrap("reach the guest agent", agentErr)
 	}
-	info, err := i.agent.Info(ctx, &agentapi.InfoRequest{})
-	if err != nil {
-		return wrap("agent info", err)
-	}
+	// A restored guest's first call is Restored: nothing may run in it
+	// before it is reseeded. A booted one says what it runs.
+	kernel := ""
 	if i.cfg.Restore != "" {
 		if err := i.adoptRestored(ctx); err != nil {
 			return wrap("adopt the restored guest", err)
 		}
+	} else {
+		info, err := i.agent.Info(ctx, &agentapi.InfoRequest{})
+		if err != nil {
+			return wrap("agent info", err)
+		}
+		kernel = info.KernelRelease
 	}
 	if err := i.state.transition(i.cfg.ID, "finish start", StateStarting, StateRunning); err != nil {
 		return err
 	}
 	log.G(ctx).WithField("vm", i.cfg.ID).WithField("accel", i.accel).WithField("transport", i.transport).
-		WithField("kernel", info.KernelRelease).WithField("restored", i.cfg.Restore != "").Info("VM running")
+		WithField("kernel", kernel).WithField("restored", i.cfg.Restore != "").Info("VM running")
 	return nil
 }
 
