@@ -17,6 +17,8 @@ tools = "$top/build/guest/tools.erofs"
 state_root = "$run/vms"
 [rootfs]
 layer_cache = "$work/layers"
+[template]
+dir = "$work/templates"
 TOML
 cat > "$work/containerd.toml" <<TOML
 version = 3
@@ -53,4 +55,5 @@ start=$(date +%s%N)
 echo -n "container kernel: "
 ctr run --rm --runtime io.containerd.qemu.v1 "$image" "quickstart-$$" uname -r
 took=$(( ($(date +%s%N) - start) / 1000000 ))
-echo "ctr run took ${took} ms, VM boot included ('qemu-shim check' says whether QEMU has KVM here)"
+echo "ctr run took ${took} ms, VM start included ('qemu-shim check' says whether QEMU has KVM here)"
+echo "(the first run here also builds the VM template later runs restore from: run it again to see a restored start)"
