@@ -85,7 +85,7 @@ func handshake(ctx context.Context, conn net.Conn) (*Host, error) {
 		return nil, fmt.Errorf("handshake with guest agent: %w", ctx.Err())
 	}
 	conn.SetDeadline(time.Time{})
-	session, err := yamux.Client(&readyStripper{Conn: conn}, yamuxConfig())
+	session, err := yamux.Client(newBatchConn(&readyStripper{Conn: conn}), yamuxConfig())
 	if err != nil {
 		return nil, fmt.Errorf("start stream multiplexer: %w", err)
 	}
