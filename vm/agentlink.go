@@ -20,6 +20,9 @@ type agentLink interface {
 	configure(m *cmdline.Machine)
 	// connect reaches the agent once QEMU runs.
 	connect(ctx context.Context) (transport.Host, error)
+	// park leaves the guest waiting for its next host once every
+	// connection of this one is closed (see SaveState).
+	park(ctx context.Context) error
 	// release gives back what the link holds (a vsock CID).
 	release()
 }
@@ -54,6 +57,10 @@ func (l *serialLink) connect(ctx context.Context) (transport.Host, error) {
 	return serial.Connect(ctx, l.socket)
 }
 
+// park greets the guest once more without starting a session, so that it
+// is left answering pings, as at boot.
+func (l *serialLink) park(ctx context.Context) error { return serial.Park(ctx, l.socket) }
+
 func (l *serialLink) release() {}
 
 // vsockLink is vhost-vsock with a leased CID.
@@ -66,5 +73,9 @@ func (l *vsockLink) configure(m *cmdline.Machine) { m.VsockCID = l.lease.CID }
 func (l *vsockLink) connect(context.Context) (transport.Host, error) {
 	return &vsock.Host{CID: l.lease.CID, Port: vsock.AgentPort}, nil
 }
+
+// park has nothing to do: each vsock connection is the guest's own, and a
+// restored guest's are reset by the device.
+func (l *vsockLink) park(context.Context) error { return nil }
 
 func (l *vsockLink) release() { l.lease.Release() }

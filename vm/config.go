@@ -74,6 +74,14 @@ type Config struct {
 	// AllowUnconfined lets QEMU start without its seccomp filter or with
 	// its capabilities, where this host cannot confine it (see confine).
 	AllowUnconfined bool
+	// SharedMemory puts the guest's RAM in shared memory even without a
+	// Share, as a template needs: a share can then be plugged in after a
+	// restore (see ShapeKey).
+	SharedMemory bool
+	// Restore, when set, is a state file SaveState wrote for a VM of the
+	// same ShapeKey: Start restores it instead of booting the kernel, then
+	// reseeds the guest and plugs in the share, if any.
+	Restore string
 }
 
 // Disk is a disk image handed to the guest. The guest finds it by ID, which

@@ -3,6 +3,8 @@ package vm
 import (
 	"fmt"
 	"os/exec"
+	"strings"
+	"sync"
 
 	"github.com/containerd/errdefs"
 )
@@ -54,4 +56,22 @@ func CheckConfinement(qemu string) error {
 	}
 	_, err := confine(qemu, false)
 	return err
+}
+
+var (
+	sandboxMu    sync.Mutex
+	sandboxCache = map[string]bool{}
+)
+
+// sandboxSupported says whether this QEMU was built with seccomp (-sandbox).
+func sandboxSupported(qemu string) bool {
+	sandboxMu.Lock()
+	defer sandboxMu.Unlock()
+	if v, ok := sandboxCache[qemu]; ok {
+		return v
+	}
+	out, _ := execOutput(qemu, "-help")
+	v := strings.Contains(out, "-sandbox on")
+	sandboxCache[qemu] = v
+	return v
 }

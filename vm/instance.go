@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -73,6 +74,8 @@ type Instance struct {
 	tasks     redialer
 
 	hp hotplugState
+	// resumed is set once a restored guest runs (see resumeRestored).
+	resumed atomic.Bool
 
 	cleanupOnce sync.Once
 	cleanupDone chan struct{}
@@ -230,8 +233,19 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	}
 	i.console = c
 	go c.run()
-	// The descriptors QEMU inherits, from 3 on (see consoleFD, firstTapFD).
+	// The descriptors QEMU inherits, from 3 on (see consoleFD, firstTapFD),
+	// then the state to restore.
 	inherited := append([]*os.File{qemuConsole}, taps...)
+	if i.cfg.Restore != "" {
+		state, err := os.Open(i.cfg.Restore)
+		if err != nil {
+			for _, f := range inherited {
+				f.Close()
+			}
+			return fmt.Errorf("vm %s: open the state to restore: %w", i.cfg.ID, err)
+		}
+		inherited = append(inherited, state)
+	}
 	binary := i.cfg.QEMU
 	if w := i.confinement.wrapper; len(w) > 0 {
 		binary, args = w[0], append(append(w[1:len(w):len(w)], i.cfg.QEMU), args...)
@@ -252,7 +266,11 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 		select {
 		case <-i.proc.exited:
 			i.console.drained(consoleDrainWait)
-			stop(fmt.Errorf("QEMU exited during boot: %s%s", i.proc.describe(), i.consoleTail()))
+			err := fmt.Errorf("QEMU exited during boot: %s%s", i.proc.describe(), i.consoleTail())
+			if i.cfg.Restore != "" && !i.resumed.Load() {
+				err = fmt.Errorf("%w: %w", ErrRestore, err)
+			}
+			stop(err)
 		case <-ctx.Done():
 		}
 	}()
@@ -262,6 +280,10 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%w after %v%s", err, i.cfg.BootTimeout, i.consoleTail())
+		}
+		if i.cfg.Restore != "" && !i.resumed.Load() && !errors.Is(err, ErrRestore) && i.proc.waitExit(time.Second) {
+			// QEMU exits when it cannot load the state it restores.
+			err = fmt.Errorf("%w: QEMU exited while loading it: %s: %w", ErrRestore, i.proc.describe(), err)
 		}
 		return fmt.Errorf("vm %s: %s: %w", i.cfg.ID, step, err)
 	}
@@ -273,6 +295,9 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	go func() {
 		var err error
 		i.qmp, err = qmp.Connect(ctx, m.QMPSocket)
+		if err == nil && i.cfg.Restore != "" {
+			err = i.resumeRestored(ctx)
+		}
 		qmpDone <- err
 	}()
 	i.agentConn.mu.Lock()
@@ -288,11 +313,16 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	if err != nil {
 		return wrap("agent info", err)
 	}
+	if i.cfg.Restore != "" {
+		if err := i.adoptRestored(ctx); err != nil {
+			return wrap("adopt the restored guest", err)
+		}
+	}
 	if err := i.state.transition(i.cfg.ID, "finish start", StateStarting, StateRunning); err != nil {
 		return err
 	}
 	log.G(ctx).WithField("vm", i.cfg.ID).WithField("accel", i.accel).WithField("transport", i.transport).
-		WithField("kernel", info.KernelRelease).Info("VM running")
+		WithField("kernel", info.KernelRelease).WithField("restored", i.cfg.Restore != "").Info("VM running")
 	return nil
 }
 
@@ -363,7 +393,7 @@ func (i *Instance) machine(accel cmdline.Accel, link agentLink, conf confinement
 		PidFile:           filepath.Join(i.stateDir, PidFileName),
 		HotplugPorts:      i.cfg.HotplugPorts,
 		SCSIController:    true,
-		SharedMemory:      i.cfg.Share != nil,
+		SharedMemory:      i.cfg.Share != nil || i.cfg.SharedMemory,
 		Sandbox:           conf.seccomp,
 	}
 	if i.cfg.Tools != "" {
@@ -377,8 +407,13 @@ func (i *Instance) machine(accel cmdline.Accel, link agentLink, conf confinement
 		m.Disks = append(m.Disks, cmdline.Disk{ID: d.ID, Serial: d.ID, Path: d.Path, Format: d.Format, ReadOnly: d.ReadOnly})
 	}
 	link.configure(m)
-	if i.cfg.Share != nil {
-		m.VirtiofsSocket, m.VirtiofsTag = filepath.Join(i.stateDir, virtiofsdSocketName), ShareTag
+	if i.cfg.Share != nil && i.cfg.Restore == "" {
+		// A restored VM gets its share plugged in (the template had none).
+		m.VirtiofsSocket, m.VirtiofsTag = i.virtiofsdSocket(), ShareTag
+	}
+	if i.cfg.Restore != "" {
+		// The state file follows the console and the taps (see Start).
+		m.IncomingFD = firstTapFD + len(i.cfg.NICs)
 	}
 	return m, nil
 }
@@ -552,22 +587,4 @@ func (i *Instance) cleanup(ctx context.Context) {
 			log.G(ctx).WithError(err).WithField("vm", i.cfg.ID).Warn("remove state directory")
 		}
 	})
-}
-
-var (
-	sandboxMu    sync.Mutex
-	sandboxCache = map[string]bool{}
-)
-
-// sandboxSupported says whether this QEMU was built with seccomp (-sandbox).
-func sandboxSupported(qemu string) bool {
-	sandboxMu.Lock()
-	defer sandboxMu.Unlock()
-	if v, ok := sandboxCache[qemu]; ok {
-		return v
-	}
-	out, _ := execOutput(qemu, "-help")
-	v := strings.Contains(out, "-sandbox on")
-	sandboxCache[qemu] = v
-	return v
 }

@@ -142,3 +142,53 @@ type nicDeviceAdd struct {
 	Bus    string `json:"bus"`
 	MAC    string `json:"mac,omitempty"`
 }
+
+// migrate starts saving the VM's state to uri.
+type migrate struct {
+	URI string `json:"uri"`
+}
+
+// migrationInfo is what query-migrate reports.
+type migrationInfo struct {
+	Status    string `json:"status"`
+	ErrorDesc string `json:"error-desc"`
+	RAM       struct {
+		Transferred uint64 `json:"transferred"`
+	} `json:"ram"`
+}
+
+// chardevAdd adds a character device backend.
+type chardevAdd struct {
+	ID      string         `json:"id"`
+	Backend chardevBackend `json:"backend"`
+}
+
+type chardevBackend struct {
+	Type string `json:"type"`
+	Data any    `json:"data"`
+}
+
+type chardevSocket struct {
+	Addr   chardevBackend `json:"addr"`
+	Server bool           `json:"server"`
+}
+
+type unixSocketAddress struct {
+	Path string `json:"path"`
+}
+
+// unixChardevAdd connects a character device to a Unix socket.
+func unixChardevAdd(id, path string) chardevAdd {
+	return chardevAdd{ID: id, Backend: chardevBackend{Type: "socket", Data: chardevSocket{
+		Addr: chardevBackend{Type: "unix", Data: unixSocketAddress{Path: path}},
+	}}}
+}
+
+// shareDeviceAdd plugs a vhost-user-fs device.
+type shareDeviceAdd struct {
+	Driver  string `json:"driver"`
+	ID      string `json:"id"`
+	Chardev string `json:"chardev"`
+	Tag     string `json:"tag"`
+	Bus     string `json:"bus"`
+}

@@ -65,6 +65,10 @@ func (i *Instance) ShareDir() string {
 	return filepath.Join(i.stateDir, ShareDirName)
 }
 
+func (i *Instance) virtiofsdSocket() string {
+	return filepath.Join(i.stateDir, virtiofsdSocketName)
+}
+
 // startVirtiofsd starts virtiofsd on the staging directory, returning once
 // it listens.
 func (i *Instance) startVirtiofsd(ctx context.Context) error {
@@ -77,7 +81,7 @@ func (i *Instance) startVirtiofsd(ctx context.Context) error {
 	if err := os.WriteFile(filepath.Join(dir, ShareMarker), nil, 0o400); err != nil {
 		return fmt.Errorf("vm %s: share directory: %w", i.cfg.ID, err)
 	}
-	socket := filepath.Join(i.stateDir, virtiofsdSocketName)
+	socket := i.virtiofsdSocket()
 	// cache=auto with no timeout: the guest revalidates every lookup and
 	// reopened file with the host, so a host change is seen at the next
 	// access (close-to-open), while open files keep the page cache.

@@ -212,3 +212,19 @@ func (p agentProxy) SetCPUsOnline(ctx context.Context, r *agentapi.SetCPUsOnline
 	}
 	return s.SetCPUsOnline(ctx, r)
 }
+
+func (p agentProxy) Prepare(ctx context.Context, r *agentapi.PrepareRequest) (*emptypb.Empty, error) {
+	s, err := p.service(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.Prepare(ctx, r)
+}
+
+func (p agentProxy) Restored(ctx context.Context, r *agentapi.RestoredRequest) (*emptypb.Empty, error) {
+	s, err := p.service(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.Restored(ctx, r)
+}

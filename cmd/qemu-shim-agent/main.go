@@ -138,11 +138,16 @@ func run(ctx context.Context) error {
 		return err
 	}
 	modulesReady := make(chan struct{})
+	taskdStarted := make(chan struct{})
+	taskdBin := filepath.Join(agentapi.ToolsMountPoint, "qemu-shim-taskd")
+	runcBin := filepath.Join(agentapi.ToolsMountPoint, "runc")
 	svc := &agent.Service{
 		SysfsRoot:    "/sys",
 		MountRoot:    mountRoot,
 		Transport:    string(kind),
 		ModulesReady: modulesReady,
+		TaskdStarted: taskdStarted,
+		WarmFiles:    []string{taskdBin, runcBin},
 		Answered:     answered,
 		Step:         step,
 		Modules: func() []string {
@@ -182,10 +187,11 @@ func run(ctx context.Context) error {
 			return
 		}
 		step("tools")
-		if err := taskd.Start(filepath.Join(agentapi.ToolsMountPoint, "qemu-shim-taskd"), filepath.Join(agentapi.ToolsMountPoint, "runc"), console); err != nil {
+		if err := taskd.Start(taskdBin, runcBin, console); err != nil {
 			log.G(ctx).WithError(err).Error("start the task service")
 			return
 		}
+		close(taskdStarted)
 		step("taskd-started")
 	}()
 	if log.GetLevel() >= log.DebugLevel {

@@ -24,6 +24,8 @@ commands:
   disk attach|detach|ls CONTAINER ...
            attach disk images to a running container's VM (and mount them
            in it), detach them, list them: 'qemu-shim disk' says more
+  template build|ls|rm
+           the saved guests VMs are restored from: 'qemu-shim template' says more
   busybox-image FILE
            write a small busybox OCI image (docker-archive) for 'ctr images import'
 `
@@ -45,6 +47,8 @@ func main() {
 		err = inspect(os.Args[2:])
 	case "disk":
 		err = disk(os.Args[2:])
+	case "template":
+		err = templateCmd(os.Args[2:])
 	case "busybox-image":
 		err = busyboxImage(os.Args[2:])
 	case "help", "-h", "--help":

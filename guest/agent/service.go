@@ -57,6 +57,12 @@ type Service struct {
 	Answered chan struct{}
 	// Step records a boot step.
 	Step func(name string)
+	// TaskdStarted, when set, is closed once the task service has been
+	// started; Prepare waits for it.
+	TaskdStarted <-chan struct{}
+	// WarmFiles are read by Prepare so that a template's page cache holds
+	// them (the OCI runtime, the task service).
+	WarmFiles []string
 
 	answeredOnce, closeOnce sync.Once
 

@@ -31,6 +31,18 @@ type Config struct {
 	Rootfs Rootfs `toml:"rootfs"`
 	// Operator configures the operator's API (qemu-shim disk ...).
 	Operator Operator `toml:"operator"`
+	// Template configures starting VMs from saved guests.
+	Template Template `toml:"template"`
+}
+
+// Template configures VM templates (see vm/template): a guest booted once
+// per VM shape and saved, from which VMs are restored instead of booted.
+type Template struct {
+	Enabled bool   `toml:"enabled"`
+	Dir     string `toml:"dir"`
+	// MaxAge is how long a template nobody restored from is kept; zero
+	// keeps them.
+	MaxAge Duration `toml:"max_age"`
 }
 
 // VM configures each VM.
@@ -160,6 +172,10 @@ func (c *Config) Validate() error {
 		return bad("vm.state_root %q: want an absolute path", v.StateRoot)
 	case c.Rootfs.UpperSizeMiB < 16:
 		return bad("rootfs.upper_size_mib %d: want at least 16", c.Rootfs.UpperSizeMiB)
+	case c.Template.Enabled && (!filepath.IsAbs(c.Template.Dir) || filepath.Clean(c.Template.Dir) == "/"):
+		return bad("template.dir %q: want an absolute path other than /", c.Template.Dir)
+	case c.Template.MaxAge.Duration < 0:
+		return bad("template.max_age %v: want 0 or a positive duration", c.Template.MaxAge)
 	}
 	for _, r := range c.Operator.DiskRoots {
 		if !filepath.IsAbs(r) || filepath.Clean(r) == "/" {

@@ -12,6 +12,7 @@ import (
 
 	eventsapi "github.com/qemu-shim/qemu-shim/api/events/v1"
 	"github.com/qemu-shim/qemu-shim/internal/transport"
+	"github.com/qemu-shim/qemu-shim/shim/config"
 	"github.com/qemu-shim/qemu-shim/shim/share"
 	"github.com/qemu-shim/qemu-shim/vm"
 )
@@ -45,8 +46,41 @@ func Boot(ctx context.Context, spec Spec) (Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	vcfg := vm.Config{
-		ID:           spec.Name,
+	vcfg := vmConfig(cfg, spec.Name, m)
+	if spec.Share {
+		vcfg.Share = &vm.Share{Virtiofsd: cfg.VM.Virtiofsd}
+	}
+	inst, err := start(ctx, cfg, vcfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := inst.TaskClient(ctx); err != nil {
+		inst.Shutdown(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	v := &VM{inst: inst, cfg: vcfg, spec: spec, staged: map[string]string{}}
+	if inst.Restored() {
+		// A template has the configured base size: grow it to what the
+		// first container asks.
+		if err := v.Grow(ctx, m.CPUs, m.MemoryMiB); err != nil {
+			inst.Shutdown(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("grow the restored VM to %d vCPUs, %d MiB: %w", m.CPUs, m.MemoryMiB, err)
+		}
+	}
+	v.disks.init(inst, cfg.Rootfs)
+	if dir := inst.ShareDir(); dir != "" {
+		v.staging = &share.Staging{Dir: dir, Pid: inst.ShareNamespacePid()}
+	}
+	if log.GetLevel() >= log.DebugLevel {
+		v.logTimeline(ctx)
+	}
+	return v, nil
+}
+
+// vmConfig is the VM named name, of size m, as cfg configures it.
+func vmConfig(cfg config.Config, name string, m config.Machine) vm.Config {
+	return vm.Config{
+		ID:           name,
 		StateRoot:    cfg.VM.StateRoot,
 		QEMU:         cfg.VM.QEMU,
 		Kernel:       cfg.VM.Kernel,
@@ -65,29 +99,6 @@ func Boot(ctx context.Context, spec Spec) (Sandbox, error) {
 
 		AllowUnconfined: cfg.VM.AllowUnconfined,
 	}
-	if spec.Share {
-		vcfg.Share = &vm.Share{Virtiofsd: cfg.VM.Virtiofsd}
-	}
-	inst, err := vm.New(vcfg)
-	if err != nil {
-		return nil, err
-	}
-	if err := inst.Start(ctx); err != nil {
-		return nil, err
-	}
-	if _, err := inst.TaskClient(ctx); err != nil {
-		inst.Shutdown(context.WithoutCancel(ctx))
-		return nil, err
-	}
-	v := &VM{inst: inst, cfg: vcfg, spec: spec, staged: map[string]string{}}
-	v.disks.init(inst, cfg.Rootfs)
-	if dir := inst.ShareDir(); dir != "" {
-		v.staging = &share.Staging{Dir: dir, Pid: inst.ShareNamespacePid()}
-	}
-	if log.GetLevel() >= log.DebugLevel {
-		v.logTimeline(ctx)
-	}
-	return v, nil
 }
 
 // logTimeline logs where the guest's boot time went, for whoever debugs

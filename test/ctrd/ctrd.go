@@ -68,6 +68,10 @@ type Options struct {
 	// containerd 2.4: it needs erofs in the kernel and mkfs.erofs) is
 	// loaded either way; overlayfs stays the default snapshotter.
 	ErofsDefaultSize string
+	// ColdBoot turns VM templates off: every VM boots its kernel. By
+	// default the shim restores VMs from templates kept in TemplateDir
+	// (built by the daemon's first VM).
+	ColdBoot bool
 }
 
 // Containerd16Dir holds Debian 12's containerd 1.6 and its ctr, unpacked
@@ -147,7 +151,10 @@ layer_cache = %q
 upper_size_mib = 256
 [operator]
 disk_roots = [%q]
-`, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), d.LayerCache(), d.DiskRoot())), 0o644); err != nil {
+[template]
+enabled = %t
+dir = %q
+`, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), d.LayerCache(), d.DiskRoot(), !o.ColdBoot, d.TemplateDir())), 0o644); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(d.DiskRoot(), 0o700); err != nil {
@@ -385,6 +392,10 @@ func (d *Daemon) ImportBusybox(ctx context.Context, ref string, extraLayers int)
 
 // LayerCache is the shim's cache of converted layers.
 func (d *Daemon) LayerCache() string { return filepath.Join(d.Work, "layers") }
+
+// TemplateDir is the shim's template.dir: the saved guests its VMs are
+// restored from.
+func (d *Daemon) TemplateDir() string { return filepath.Join(d.Work, "templates") }
 
 // DiskRoot is the shim's operator.disk_roots: the images 'qemu-shim disk
 // attach' may attach.

@@ -79,6 +79,10 @@ type Machine struct {
 	// socket, which the guest mounts by VirtiofsTag.
 	VirtiofsSocket, VirtiofsTag string
 	Sandbox                     bool
+	// IncomingFD, when set, is an inherited descriptor of a saved VM state
+	// (QEMU's migration stream) that QEMU restores instead of booting; the
+	// guest runs once it is loaded.
+	IncomingFD int
 }
 
 // MemoryBackend is the QEMU object type of guest memory: shared memory
@@ -124,6 +128,8 @@ func (m *Machine) Validate() error {
 		return errors.New("virtio-fs needs the guest's memory shared")
 	case m.ConsoleFD < 0 || m.ConsoleFD > 0 && m.ConsoleFD < 3:
 		return fmt.Errorf("console descriptor %d: want an inherited one (3 or more)", m.ConsoleFD)
+	case m.IncomingFD < 0 || m.IncomingFD > 0 && m.IncomingFD < 3:
+		return fmt.Errorf("incoming state descriptor %d: want an inherited one (3 or more)", m.IncomingFD)
 	case m.QMPSocket == "":
 		return errors.New("no QMP socket")
 	case (m.AgentSocket == "") == (m.VsockCID == 0):
@@ -241,6 +247,9 @@ func (m *Machine) Args() ([]string, error) {
 	}
 	for i := 0; i < m.HotplugPorts; i++ {
 		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d,slot=%d", HotplugPortName(i), i+1, i+1))
+	}
+	if m.IncomingFD != 0 {
+		a = append(a, "-incoming", fmt.Sprintf("fd:%d", m.IncomingFD))
 	}
 	if m.Sandbox {
 		a = append(a, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")

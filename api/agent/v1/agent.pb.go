@@ -793,6 +793,96 @@ func (x *SetCPUsOnlineResponse) GetPresent() uint32 {
 	return 0
 }
 
+type PrepareRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareRequest) Reset() {
+	*x = PrepareRequest{}
+	mi := &file_api_agent_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareRequest) ProtoMessage() {}
+
+func (x *PrepareRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareRequest.ProtoReflect.Descriptor instead.
+func (*PrepareRequest) Descriptor() ([]byte, []int) {
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+type RestoredRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// seed is fresh randomness from the host: 32 to 512 bytes.
+	Seed []byte `protobuf:"bytes,1,opt,name=seed,proto3" json:"seed,omitempty"`
+	// unix_time_ns is the host's wall clock when the call was made.
+	UnixTimeNs    int64 `protobuf:"varint,2,opt,name=unix_time_ns,json=unixTimeNs,proto3" json:"unix_time_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoredRequest) Reset() {
+	*x = RestoredRequest{}
+	mi := &file_api_agent_v1_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoredRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoredRequest) ProtoMessage() {}
+
+func (x *RestoredRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_v1_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoredRequest.ProtoReflect.Descriptor instead.
+func (*RestoredRequest) Descriptor() ([]byte, []int) {
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RestoredRequest) GetSeed() []byte {
+	if x != nil {
+		return x.Seed
+	}
+	return nil
+}
+
+func (x *RestoredRequest) GetUnixTimeNs() int64 {
+	if x != nil {
+		return x.UnixTimeNs
+	}
+	return 0
+}
+
 var File_api_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_api_agent_v1_agent_proto_rawDesc = "" +
@@ -851,7 +941,12 @@ const file_api_agent_v1_agent_proto_rawDesc = "" +
 	"\x05count\x18\x01 \x01(\rR\x05count\"I\n" +
 	"\x15SetCPUsOnlineResponse\x12\x16\n" +
 	"\x06online\x18\x01 \x01(\rR\x06online\x12\x18\n" +
-	"\apresent\x18\x02 \x01(\rR\apresent2\xfc\x03\n" +
+	"\apresent\x18\x02 \x01(\rR\apresent\"\x10\n" +
+	"\x0ePrepareRequest\"G\n" +
+	"\x0fRestoredRequest\x12\x12\n" +
+	"\x04seed\x18\x01 \x01(\fR\x04seed\x12 \n" +
+	"\funix_time_ns\x18\x02 \x01(\x03R\n" +
+	"unixTimeNs2\x8a\x05\n" +
 	"\x05Agent\x12G\n" +
 	"\x04Info\x12\x1e.qemushim.agent.v1.InfoRequest\x1a\x1f.qemushim.agent.v1.InfoResponse\x12Y\n" +
 	"\n" +
@@ -859,7 +954,9 @@ const file_api_agent_v1_agent_proto_rawDesc = "" +
 	"\fUnmountBlock\x12&.qemushim.agent.v1.UnmountBlockRequest\x1a\x16.google.protobuf.Empty\x12S\n" +
 	"\bReadFile\x12\".qemushim.agent.v1.ReadFileRequest\x1a#.qemushim.agent.v1.ReadFileResponse\x12F\n" +
 	"\bShutdown\x12\".qemushim.agent.v1.ShutdownRequest\x1a\x16.google.protobuf.Empty\x12b\n" +
-	"\rSetCPUsOnline\x12'.qemushim.agent.v1.SetCPUsOnlineRequest\x1a(.qemushim.agent.v1.SetCPUsOnlineResponseB3Z1github.com/qemu-shim/qemu-shim/api/agent/v1;agentb\x06proto3"
+	"\rSetCPUsOnline\x12'.qemushim.agent.v1.SetCPUsOnlineRequest\x1a(.qemushim.agent.v1.SetCPUsOnlineResponse\x12D\n" +
+	"\aPrepare\x12!.qemushim.agent.v1.PrepareRequest\x1a\x16.google.protobuf.Empty\x12F\n" +
+	"\bRestored\x12\".qemushim.agent.v1.RestoredRequest\x1a\x16.google.protobuf.EmptyB3Z1github.com/qemu-shim/qemu-shim/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_api_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -873,7 +970,7 @@ func file_api_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_api_agent_v1_agent_proto_rawDescData
 }
 
-var file_api_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_api_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_api_agent_v1_agent_proto_goTypes = []any{
 	(*InfoRequest)(nil),           // 0: qemushim.agent.v1.InfoRequest
 	(*InfoResponse)(nil),          // 1: qemushim.agent.v1.InfoResponse
@@ -888,7 +985,9 @@ var file_api_agent_v1_agent_proto_goTypes = []any{
 	(*ShutdownRequest)(nil),       // 10: qemushim.agent.v1.ShutdownRequest
 	(*SetCPUsOnlineRequest)(nil),  // 11: qemushim.agent.v1.SetCPUsOnlineRequest
 	(*SetCPUsOnlineResponse)(nil), // 12: qemushim.agent.v1.SetCPUsOnlineResponse
-	(*emptypb.Empty)(nil),         // 13: google.protobuf.Empty
+	(*PrepareRequest)(nil),        // 13: qemushim.agent.v1.PrepareRequest
+	(*RestoredRequest)(nil),       // 14: qemushim.agent.v1.RestoredRequest
+	(*emptypb.Empty)(nil),         // 15: google.protobuf.Empty
 }
 var file_api_agent_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: qemushim.agent.v1.InfoResponse.block_devices:type_name -> qemushim.agent.v1.BlockDevice
@@ -900,14 +999,18 @@ var file_api_agent_v1_agent_proto_depIdxs = []int32{
 	8,  // 6: qemushim.agent.v1.Agent.ReadFile:input_type -> qemushim.agent.v1.ReadFileRequest
 	10, // 7: qemushim.agent.v1.Agent.Shutdown:input_type -> qemushim.agent.v1.ShutdownRequest
 	11, // 8: qemushim.agent.v1.Agent.SetCPUsOnline:input_type -> qemushim.agent.v1.SetCPUsOnlineRequest
-	1,  // 9: qemushim.agent.v1.Agent.Info:output_type -> qemushim.agent.v1.InfoResponse
-	6,  // 10: qemushim.agent.v1.Agent.MountBlock:output_type -> qemushim.agent.v1.MountBlockResponse
-	13, // 11: qemushim.agent.v1.Agent.UnmountBlock:output_type -> google.protobuf.Empty
-	9,  // 12: qemushim.agent.v1.Agent.ReadFile:output_type -> qemushim.agent.v1.ReadFileResponse
-	13, // 13: qemushim.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
-	12, // 14: qemushim.agent.v1.Agent.SetCPUsOnline:output_type -> qemushim.agent.v1.SetCPUsOnlineResponse
-	9,  // [9:15] is the sub-list for method output_type
-	3,  // [3:9] is the sub-list for method input_type
+	13, // 9: qemushim.agent.v1.Agent.Prepare:input_type -> qemushim.agent.v1.PrepareRequest
+	14, // 10: qemushim.agent.v1.Agent.Restored:input_type -> qemushim.agent.v1.RestoredRequest
+	1,  // 11: qemushim.agent.v1.Agent.Info:output_type -> qemushim.agent.v1.InfoResponse
+	6,  // 12: qemushim.agent.v1.Agent.MountBlock:output_type -> qemushim.agent.v1.MountBlockResponse
+	15, // 13: qemushim.agent.v1.Agent.UnmountBlock:output_type -> google.protobuf.Empty
+	9,  // 14: qemushim.agent.v1.Agent.ReadFile:output_type -> qemushim.agent.v1.ReadFileResponse
+	15, // 15: qemushim.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
+	12, // 16: qemushim.agent.v1.Agent.SetCPUsOnline:output_type -> qemushim.agent.v1.SetCPUsOnlineResponse
+	15, // 17: qemushim.agent.v1.Agent.Prepare:output_type -> google.protobuf.Empty
+	15, // 18: qemushim.agent.v1.Agent.Restored:output_type -> google.protobuf.Empty
+	11, // [11:19] is the sub-list for method output_type
+	3,  // [3:11] is the sub-list for method input_type
 	3,  // [3:3] is the sub-list for extension type_name
 	3,  // [3:3] is the sub-list for extension extendee
 	0,  // [0:3] is the sub-list for field type_name
@@ -924,7 +1027,7 @@ func file_api_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_agent_v1_agent_proto_rawDesc), len(file_api_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -15,6 +15,8 @@ type AgentService interface {
 	ReadFile(context.Context, *ReadFileRequest) (*ReadFileResponse, error)
 	Shutdown(context.Context, *ShutdownRequest) (*emptypb.Empty, error)
 	SetCPUsOnline(context.Context, *SetCPUsOnlineRequest) (*SetCPUsOnlineResponse, error)
+	Prepare(context.Context, *PrepareRequest) (*emptypb.Empty, error)
+	Restored(context.Context, *RestoredRequest) (*emptypb.Empty, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -61,6 +63,20 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.SetCPUsOnline(ctx, &req)
+			},
+			"Prepare": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req PrepareRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Prepare(ctx, &req)
+			},
+			"Restored": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req RestoredRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.Restored(ctx, &req)
 			},
 		},
 	})
@@ -119,6 +135,22 @@ func (c *agentClient) Shutdown(ctx context.Context, req *ShutdownRequest) (*empt
 func (c *agentClient) SetCPUsOnline(ctx context.Context, req *SetCPUsOnlineRequest) (*SetCPUsOnlineResponse, error) {
 	var resp SetCPUsOnlineResponse
 	if err := c.client.Call(ctx, "qemushim.agent.v1.Agent", "SetCPUsOnline", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) Prepare(ctx context.Context, req *PrepareRequest) (*emptypb.Empty, error) {
+	var resp emptypb.Empty
+	if err := c.client.Call(ctx, "qemushim.agent.v1.Agent", "Prepare", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) Restored(ctx context.Context, req *RestoredRequest) (*emptypb.Empty, error) {
+	var resp emptypb.Empty
+	if err := c.client.Call(ctx, "qemushim.agent.v1.Agent", "Restored", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -40,7 +40,46 @@ func Connect(ctx context.Context, socketPath string) (*Host, error) {
 	}
 }
 
+// Park greets the guest behind socketPath until it answers, then goes away
+// without starting a session: the guest is left waiting for its next host,
+// answering pings, as at boot. A VM saved in that state greets whoever
+// restores it the same way.
+func Park(ctx context.Context, socketPath string) error {
+	var d net.Dialer
+	for {
+		conn, err := d.DialContext(ctx, "unix", socketPath)
+		if err == nil {
+			err = greet(ctx, conn)
+			conn.Close()
+			if err != nil {
+				return err
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("connect to agent port %s: %w (last error: %v)", socketPath, ctx.Err(), err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 func handshake(ctx context.Context, conn net.Conn) (*Host, error) {
+	if err := greet(ctx, conn); err != nil {
+		return nil, err
+	}
+	if _, err := conn.Write(tokenStart); err != nil {
+		return nil, fmt.Errorf("handshake with guest agent: %w", err)
+	}
+	session, err := yamux.Client(newBatchConn(&readyStripper{Conn: conn}), yamuxConfig())
+	if err != nil {
+		return nil, fmt.Errorf("start stream multiplexer: %w", err)
+	}
+	return &Host{session: session}, nil
+}
+
+// greet pings the guest until it answers ready.
+func greet(ctx context.Context, conn net.Conn) error {
 	// Unblock the reads below when ctx ends.
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -74,22 +113,15 @@ func handshake(ctx context.Context, conn net.Conn) (*Host, error) {
 	<-pingExited
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("handshake with guest agent: %w", ctx.Err())
+			return fmt.Errorf("handshake with guest agent: %w", ctx.Err())
 		}
-		return nil, fmt.Errorf("handshake with guest agent: %w", err)
-	}
-	if err := write(tokenStart); err != nil {
-		return nil, fmt.Errorf("handshake with guest agent: %w", err)
+		return fmt.Errorf("handshake with guest agent: %w", err)
 	}
 	if !stop() {
-		return nil, fmt.Errorf("handshake with guest agent: %w", ctx.Err())
+		return fmt.Errorf("handshake with guest agent: %w", ctx.Err())
 	}
 	conn.SetDeadline(time.Time{})
-	session, err := yamux.Client(newBatchConn(&readyStripper{Conn: conn}), yamuxConfig())
-	if err != nil {
-		return nil, fmt.Errorf("start stream multiplexer: %w", err)
-	}
-	return &Host{session: session}, nil
+	return nil
 }
 
 // Dial opens a new logical connection to the agent.

@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"unsafe"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	api "github.com/qemu-shim/qemu-shim/api/agent/v1"
+)
+
+// Bounds of the host's seed for a restored guest.
+const (
+	minSeedBytes = 32
+	maxSeedBytes = 512
+)
+
+// The random driver's ioctls (linux/random.h): RNDADDENTROPY adds bytes to
+// the input pool and credits them, RNDRESEEDCRNG makes the kernel's
+// generator take a new key from that pool at once.
+const (
+	rndAddEntropy = 0x40085203 // _IOW('R', 0x03, int[2])
+	rndReseedCRNG = 0x5207     // _IO('R', 0x07)
+)
+
+// Prepare readies the guest to be saved as a template: it waits until the
+// modules are loaded and the task service has started, reads the files
+// that every container start runs (the OCI runtime, the task service) so
+// that the saved page cache holds them, and syncs.
+func (s *Service) Prepare(ctx context.Context, _ *api.PrepareRequest) (*emptypb.Empty, error) {
+	if err := s.waitModules(ctx); err != nil {
+		return nil, err
+	}
+	if s.TaskdStarted != nil {
+		select {
+		case <-s.TaskdStarted:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for the task service: %w", ctx.Err())
+		}
+	}
+	for _, path := range s.WarmFiles {
+		if err := readAll(path); err != nil {
+			log.G(ctx).WithError(err).WithField("file", path).Warn("warm the page cache")
+		}
+	}
+	unix.Sync()
+	log.G(ctx).Info("ready to be saved as a template")
+	return &emptypb.Empty{}, nil
+}
+
+func readAll(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(io.Discard, f)
+	return err
+}
+
+// Restored makes a guest restored from a template its own: the host's seed
+// goes into the random pool and the kernel's generator is reseeded from it
+// (clones of one template would otherwise share its state and draw the
+// same numbers), and the clock is set to the host's.
+func (s *Service) Restored(ctx context.Context, r *api.RestoredRequest) (*emptypb.Empty, error) {
+	if n := len(r.Seed); n < minSeedBytes || n > maxSeedBytes {
+		return nil, fmt.Errorf("seed of %d bytes: want %d to %d: %w", n, minSeedBytes, maxSeedBytes, errdefs.ErrInvalidArgument)
+	}
+	if err := reseed(r.Seed); err != nil {
+		return nil, err
+	}
+	if r.UnixTimeNs > 0 {
+		tv := unix.NsecToTimeval(r.UnixTimeNs)
+		if err := unix.Settimeofday(&tv); err != nil {
+			return nil, fmt.Errorf("set the clock: %w", err)
+		}
+	}
+	log.G(ctx).Info("restored from a template: random generator reseeded, clock set")
+	return &emptypb.Empty{}, nil
+}
+
+// reseed credits seed to the kernel's input pool and reseeds its generator.
+func reseed(seed []byte) error {
+	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("open the random device: %w", err)
+	}
+	defer f.Close()
+	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+	info := make([]byte, 8+len(seed))
+	*(*int32)(unsafe.Pointer(&info[0])) = int32(8 * len(seed))
+	*(*int32)(unsafe.Pointer(&info[4])) = int32(len(seed))
+	copy(info[8:], seed)
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), rndAddEntropy, uintptr(unsafe.Pointer(&info[0]))); errno != 0 {
+		return fmt.Errorf("add the host's seed to the random pool: %w", errno)
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), rndReseedCRNG, 0); errno != 0 {
+		return fmt.Errorf("reseed the random generator: %w", errno)
+	}
+	return nil
+}

@@ -1,0 +1,186 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/qemu-shim/qemu-shim/test/guestimage"
+	"github.com/qemu-shim/qemu-shim/test/rig"
+	"github.com/qemu-shim/qemu-shim/vm"
+)
+
+// TestSnapshotRestore saves a booted guest and restores two VMs from it:
+// each answers, draws its own random numbers, has its own boot_id and the
+// host's clock, can still hot-plug vCPUs and memory, runs a container and
+// powers off cleanly.
+func TestSnapshotRestore(t *testing.T) {
+	t.Parallel()
+	guestimage.Require(t)
+	ctx := testContext(t)
+	templatable := func(c *vm.Config) { c.SharedMemory = true }
+
+	tmpl := bootVM(t, templatable)
+	state := filepath.Join(t.TempDir(), "state")
+	f, err := os.Create(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	begin := time.Now()
+	if err := tmpl.SaveState(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	t.Logf("saved in %v", time.Since(begin))
+	if err := tmpl.Kill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(state); err != nil || st.Size() == 0 {
+		t.Fatalf("state file: %v, %v", st, err)
+	}
+
+	dir := t.TempDir()
+	layer, err := rig.BusyboxLayer(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type clone struct{ random, bootID, clock string }
+	clones := make([]clone, 2)
+	var wg sync.WaitGroup
+	for n := range clones {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			began := time.Now()
+			inst := bootVM(t, func(c *vm.Config) {
+				templatable(c)
+				c.ID += "-" + strconv.Itoa(n)
+				c.Restore = state
+				c.AllowedDiskRoots = []string{dir}
+			})
+			t.Logf("clone %d: restored and adopted in %v", n, time.Since(began))
+			if !inst.Restored() {
+				t.Errorf("clone %d does not say it was restored", n)
+			}
+			if err := inst.AttachDisk(ctx, vm.Disk{ID: rig.LayerSerial, Path: layer, ReadOnly: true}); err != nil {
+				t.Error(err)
+				return
+			}
+			r, err := rig.New(inst, dir)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer r.Disconnect()
+			id := "c" + strconv.Itoa(n)
+			status, out, err := r.Run(ctx, id, "sh", "-c",
+				"head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /proc/sys/kernel/random/boot_id; date +%s")
+			if err != nil || status != 0 {
+				t.Errorf("clone %d: container: status %d, %v: %s", n, status, err, out)
+				return
+			}
+			lines := strings.Fields(out)
+			if len(lines) != 3 {
+				t.Errorf("clone %d: output %q", n, out)
+				return
+			}
+			clones[n] = clone{random: lines[0], bootID: lines[1], clock: lines[2]}
+			if n == 0 {
+				if err := inst.SetCPUs(ctx, 2); err != nil {
+					t.Errorf("clone %d: vCPU hot-plug: %v", n, err)
+				}
+				if err := inst.SetMemory(ctx, inst.MemoryMiB()+256); err != nil {
+					t.Errorf("clone %d: memory hot-plug: %v", n, err)
+				}
+				info, err := inst.Info(ctx)
+				if err != nil || info.CpusOnline != 2 {
+					t.Errorf("clone %d after hot-plug: %v, %v", n, info, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	t.Logf("clones: %+v", clones)
+	if clones[0].random == clones[1].random {
+		t.Errorf("both clones drew %s from /dev/urandom", clones[0].random)
+	}
+	if clones[0].bootID == clones[1].bootID {
+		t.Errorf("both clones have boot_id %s", clones[0].bootID)
+	}
+	for n, c := range clones {
+		sec, err := strconv.ParseInt(c.clock, 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(time.Unix(sec, 0)); d < -5*time.Second || d > time.Minute {
+			t.Errorf("clone %d: guest clock %s is %v off the host's", n, time.Unix(sec, 0), d)
+		}
+	}
+}
+
+// TestSnapshotKeyAndRefusals checks what a template must share with the VMs
+// restored from it, and what cannot be saved.
+func TestSnapshotKeyAndRefusals(t *testing.T) {
+	img := guestimage.Require(t)
+	base := vm.Config{ID: "k", StateRoot: t.TempDir(), Kernel: img.Kernel, Initrd: img.Initrd, Tools: img.Tools, SharedMemory: true, Transport: "serial"}
+	key := func(c vm.Config) string {
+		t.Helper()
+		k, err := vm.ShapeKey(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	k0 := key(base)
+	other := base
+	other.ID, other.StateRoot, other.Share, other.Restore = "other", t.TempDir(), &vm.Share{}, "/somewhere/state"
+	if key(other) != k0 {
+		t.Error("the key depends on the VM's name, state root, share or restore source")
+	}
+	for name, edit := range map[string]func(*vm.Config){
+		"cpus":          func(c *vm.Config) { c.CPUs = 2 },
+		"memory":        func(c *vm.Config) { c.MemoryMiB = 512 },
+		"kernel params": func(c *vm.Config) { c.KernelParams = []string{"qemu_shim.test=1"} },
+		"debug":         func(c *vm.Config) { c.Debug = true },
+	} {
+		c := base
+		edit(&c)
+		if key(c) == k0 {
+			t.Errorf("changing %s keeps the key", name)
+		}
+	}
+	// A rewritten input file changes the key.
+	kernel := filepath.Join(t.TempDir(), "vmlinux")
+	b, err := os.ReadFile(img.Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(kernel, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := base
+	c.Kernel = kernel
+	k1 := key(c)
+	later := time.Now().Add(time.Minute)
+	os.Chtimes(kernel, later, later)
+	if key(c) == k1 {
+		t.Error("a kernel touched since keeps the key")
+	}
+	for name, edit := range map[string]func(*vm.Config){
+		"private memory": func(c *vm.Config) { c.SharedMemory = false },
+		"boot disk":      func(c *vm.Config) { c.Disks = []vm.Disk{{ID: "d", Path: img.Tools}} },
+	} {
+		c := base
+		edit(&c)
+		if _, err := vm.ShapeKey(c); err == nil {
+			t.Errorf("%s: a key for a VM that cannot be a template", name)
+		}
+	}
+}
