@@ -1,6 +1,7 @@
 // Package relay is the agent's side of qemu-shim-taskd: it starts the task
-// daemon from the tools disk and passes it the host's task connections and
-// stdio streams, byte for byte, over a Unix socket.
+// daemon from the tools disk and passes it the host's task connections,
+// byte for byte, over a Unix socket; a stdio stream reaches taskd as one
+// end of a pipe that the agent feeds or drains itself (see OpenPipe).
 package relay
 
 import (
@@ -18,7 +19,7 @@ import (
 const DefaultWait = 60 * time.Second
 
 // Relay starts qemu-shim-taskd and passes it the task connections and
-// stdio streams, byte for byte.
+// stdio streams.
 type Relay struct {
 	// Socket is where taskd listens.
 	Socket string
@@ -99,6 +100,10 @@ func (t *Relay) Forward(kind byte, name string, c net.Conn) {
 		if err := conn.WriteHeader(d, kind, name); err != nil {
 			c.Close()
 			d.Close()
+			return
+		}
+		if uc, ok := d.(*net.UnixConn); ok && kind == conn.KindStream {
+			pipeStream(c, uc)
 			return
 		}
 		conn.Splice(c, d)

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"os"
@@ -117,5 +118,93 @@ func TestForwardDropsConnection(t *testing.T) {
 				t.Fatalf("read %d, %v; want EOF once the relay gives up", n, err)
 			}
 		})
+	}
+}
+
+// streamToTaskd forwards a stream and returns taskd's end, its header read.
+func streamToTaskd(t *testing.T) (host, ctl net.Conn) {
+	t.Helper()
+	r := New(filepath.Join(t.TempDir(), "taskd.sock"))
+	l, err := net.Listen("unix", r.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	startTrue(t, r)
+	host, agentEnd := pair(t)
+	host.SetDeadline(time.Now().Add(10 * time.Second))
+	r.Forward(conn.KindStream, "p-o", agentEnd)
+	d, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	d.SetDeadline(time.Now().Add(10 * time.Second))
+	if kind, name, err := conn.ReadHeader(d); err != nil || kind != conn.KindStream || name != "p-o" {
+		t.Fatalf("header: kind %d name %q err %v", kind, name, err)
+	}
+	return host, d
+}
+
+func TestStreamOutputIsAPipeDrainedBeforeTheControlCloses(t *testing.T) {
+	host, ctl := streamToTaskd(t)
+	w, err := OpenPipe(ctl, PipeWrite, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Written and closed before the host reads anything: all of it
+	// reaches the host, then the end of file, then the control ends.
+	want := bytes.Repeat([]byte("0123456789abcdef"), 8192)
+	go func() {
+		w.Write(want)
+		w.Close()
+	}()
+	got, err := io.ReadAll(host)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("host read %d bytes (err %v), want %d", len(got), err, len(want))
+	}
+	if n, err := ctl.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("control read %d, %v; want EOF once drained", n, err)
+	}
+}
+
+func TestStreamInputIsAPipe(t *testing.T) {
+	host, ctl := streamToTaskd(t)
+	r, err := OpenPipe(ctl, PipeRead, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := host.Write([]byte("stdin bytes")); err != nil {
+		t.Fatal(err)
+	}
+	host.(*net.UnixConn).CloseWrite()
+	got, err := io.ReadAll(r)
+	if err != nil || string(got) != "stdin bytes" {
+		t.Fatalf("pipe read %q, %v", got, err)
+	}
+}
+
+func TestClosingTheControlEndsStdin(t *testing.T) {
+	host, ctl := streamToTaskd(t)
+	r, err := OpenPipe(ctl, PipeRead, true) // (non-blocking: a deadline applies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctl.Close()
+	r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := r.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("pipe read %d, %v after the control closed; want EOF", n, err)
+	}
+	if n, err := host.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("host read %d, %v after the control closed; want EOF", n, err)
+	}
+}
+
+func TestOpenPipeWantsAUnixConnection(t *testing.T) {
+	a, _ := net.Pipe()
+	if _, err := OpenPipe(a, PipeRead, false); err == nil {
+		t.Fatal("OpenPipe over a net.Pipe succeeded")
 	}
 }

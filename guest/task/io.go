@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"sync"
 	"syscall"
 	"time"
@@ -15,7 +16,9 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/go-runc"
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 
+	"github.com/qemu-shim/qemu-shim/guest/relay"
 	"github.com/qemu-shim/qemu-shim/internal/syncutil"
 	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
 )
@@ -39,18 +42,30 @@ type stdio struct {
 	terminal              bool
 }
 
-// procIO connects one process's stdio to the host's streams.
+// procIO connects one process's stdio to the host's streams. Each stream
+// reaches taskd as one end of a pipe that the agent feeds or drains
+// itself (relay.OpenPipe) and a control connection: the process gets the
+// pipe's end as it is, so that its bytes pass through no copy here. With
+// a terminal, taskd copies between the console and the pipes.
 type procIO struct {
 	terminal bool
-	pipes    runc.IO
 	socket   *runc.Socket
 	console  console.Console
 
-	stdin, stdout, stderr net.Conn
+	// The streams' controls, nil where the host named none.
+	stdinCtl, stdoutCtl, stderrCtl net.Conn
+	// stdin is the read end of stdin's pipe; stdout and stderr the write
+	// ends of the outputs' (of a local pipe whose bytes are discarded
+	// where the host named no stream). taskd closes its copies once runc
+	// has started the process.
+	stdin, stdout, stderr *os.File
+	// discards are the read ends of the local pipes.
+	discards []*os.File
 
 	stdinOnce sync.Once
-	stdinDst  io.WriteCloser
-	copies    sync.WaitGroup
+	// copies ends once every output is drained: each stream's control
+	// closed by the agent, each local pipe read to its end.
+	copies sync.WaitGroup
 }
 
 // newProcIO takes the named streams and prepares pipes (or a console socket
@@ -64,8 +79,8 @@ func newProcIO(ctx context.Context, src StreamSource, names stdio, uid, gid int)
 	}()
 	for _, s := range []struct {
 		field string
-		dst   *net.Conn
-	}{{names.stdin, &p.stdin}, {names.stdout, &p.stdout}, {names.stderr, &p.stderr}} {
+		ctl   *net.Conn
+	}{{names.stdin, &p.stdinCtl}, {names.stdout, &p.stdoutCtl}, {names.stderr, &p.stderrCtl}} {
 		name, err := conn.StreamName(s.field)
 		if err != nil {
 			return nil, err
@@ -73,8 +88,35 @@ func newProcIO(ctx context.Context, src StreamSource, names stdio, uid, gid int)
 		if name == "" {
 			continue
 		}
-		if *s.dst, err = src.TakeStream(ctx, name, streamWait); err != nil {
+		if *s.ctl, err = src.TakeStream(ctx, name, streamWait); err != nil {
 			return nil, err
+		}
+	}
+	if p.terminal && p.stderrCtl != nil {
+		p.stderrCtl.Close() // a terminal has one output
+		p.stderrCtl = nil
+	}
+	for _, s := range []struct {
+		ctl  net.Conn
+		dir  byte
+		file **os.File
+	}{{p.stdinCtl, relay.PipeRead, &p.stdin}, {p.stdoutCtl, relay.PipeWrite, &p.stdout}, {p.stderrCtl, relay.PipeWrite, &p.stderr}} {
+		if s.ctl == nil {
+			continue
+		}
+		// With a terminal, taskd copies to and from the pipe: closing it
+		// must interrupt the copy.
+		f, err := relay.OpenPipe(s.ctl, s.dir, p.terminal)
+		if err != nil {
+			return nil, err
+		}
+		*s.file = f
+		if p.terminal {
+			continue
+		}
+		// The process may reopen its stdio (/dev/stdout) as its own user.
+		if err := unix.Fchown(int(f.Fd()), uid, gid); err != nil {
+			return nil, fmt.Errorf("chown stdio pipe: %w", err)
 		}
 	}
 	if p.terminal {
@@ -88,20 +130,40 @@ func newProcIO(ctx context.Context, src StreamSource, names stdio, uid, gid int)
 	// Output pipes always exist (an output nobody reads is discarded):
 	// go-runc waits for a detached runc's output to end when there is none,
 	// which a process that inherits it would never let happen.
-	pipes, err := runc.NewPipeIO(uid, gid, func(o *runc.IOOption) { o.OpenStdin = p.stdin != nil })
-	if err != nil {
-		return nil, fmt.Errorf("create stdio pipes: %w", err)
+	for _, out := range []**os.File{&p.stdout, &p.stderr} {
+		if *out != nil {
+			continue
+		}
+		r, w, err := discardPipe()
+		if err != nil {
+			return nil, err
+		}
+		p.discards = append(p.discards, r)
+		*out = w
+		if err := unix.Fchown(int(w.Fd()), uid, gid); err != nil {
+			return nil, fmt.Errorf("chown stdio pipe: %w", err)
+		}
 	}
-	p.pipes = pipes
 	return p, nil
+}
+
+// discardPipe makes a pipe whose write end is blocking, for a process, and
+// whose read end taskd reads.
+func discardPipe() (r, w *os.File, err error) {
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+		return nil, nil, fmt.Errorf("create stdio pipe: %w", err)
+	}
+	unix.SetNonblock(fds[0], true)
+	return os.NewFile(uintptr(fds[0]), "discard"), os.NewFile(uintptr(fds[1]), "discard"), nil
 }
 
 // runcIO is what runc's create or exec gets.
 func (p *procIO) runcIO() runc.IO {
-	if p.pipes != nil {
-		return p.pipes
+	if p.terminal {
+		return nil
 	}
-	return nil
+	return processPipes{p}
 }
 
 func (p *procIO) consoleSocket() runc.ConsoleSocket {
@@ -113,6 +175,16 @@ func (p *procIO) consoleSocket() runc.ConsoleSocket {
 
 // start begins copying once runc has started the process.
 func (p *procIO) start(ctx context.Context) error {
+	for _, ctl := range []net.Conn{p.stdoutCtl, p.stderrCtl} {
+		if ctl == nil {
+			continue
+		}
+		p.copies.Add(1)
+		go func() {
+			defer p.copies.Done()
+			io.Copy(io.Discard, ctl) // the agent closes it once drained
+		}()
+	}
 	if p.terminal {
 		master, err := p.socket.ReceiveMaster()
 		p.socket.Close()
@@ -121,68 +193,44 @@ func (p *procIO) start(ctx context.Context) error {
 			return fmt.Errorf("receive the console from runc: %w", err)
 		}
 		p.console = master
-		if p.stderr != nil {
-			p.stderr.Close() // a terminal has one output
+		if p.stdout != nil {
+			p.copy(ctx, p.stdout, master, true)
+		} else {
+			p.copy(ctx, io.Discard, master, true)
 		}
-		p.copyOut(ctx, p.stdout, master)
-		p.copyIn(ctx, master, nopCloser{master})
+		if p.stdin != nil {
+			go io.Copy(master, p.stdin)
+		}
 		return nil
 	}
-	if sc, ok := p.pipes.(runc.StartCloser); ok {
-		if err := sc.CloseAfterStart(); err != nil {
-			return err
-		}
+	processPipes{p}.CloseAfterStart()
+	for _, r := range p.discards {
+		p.copy(ctx, io.Discard, r, false)
 	}
-	p.copyOut(ctx, p.stdout, p.pipes.Stdout())
-	p.copyOut(ctx, p.stderr, p.pipes.Stderr())
-	p.copyIn(ctx, p.pipes.Stdin(), p.pipes.Stdin())
 	return nil
 }
 
-// copyOut copies a process output to its stream and then closes the
-// stream, which the host reads as end of file.
-func (p *procIO) copyOut(ctx context.Context, dst net.Conn, src io.Reader) {
-	if src == nil {
-		return
-	}
+// copy copies a process output to w (closing w after when asked).
+func (p *procIO) copy(ctx context.Context, w io.Writer, r io.Reader, closeAfter bool) {
 	p.copies.Add(1)
 	go func() {
 		defer p.copies.Done()
-		var w io.Writer = io.Discard
-		if dst != nil {
-			w = dst
-		}
-		_, err := io.Copy(w, src)
+		_, err := io.Copy(w, r)
 		// A terminal reports EIO once the last holder of its other end is gone.
 		if err != nil && !errors.Is(err, syscall.EIO) && !errors.Is(err, os.ErrClosed) {
 			log.G(ctx).WithError(err).Debug("copy process output")
 		}
-		if dst != nil {
-			dst.Close()
+		if c, ok := w.(io.Closer); ok && closeAfter {
+			c.Close()
 		}
 	}()
 }
 
-// copyIn copies the stdin stream into the process; at its end the
-// process's stdin is closed (so that cat ends).
-func (p *procIO) copyIn(ctx context.Context, dst io.Writer, closer io.WriteCloser) {
-	if p.stdin == nil || dst == nil {
-		return
-	}
-	p.stdinDst = closer
-	go func() {
-		io.Copy(dst, p.stdin)
-		p.closeStdin()
-	}()
-}
-
+// closeStdin ends the process's stdin: the agent closes its pipe.
 func (p *procIO) closeStdin() {
 	p.stdinOnce.Do(func() {
-		if p.stdin != nil {
-			p.stdin.Close()
-		}
-		if p.stdinDst != nil && !p.terminal {
-			p.stdinDst.Close()
+		if p.stdinCtl != nil {
+			p.stdinCtl.Close()
 		}
 	})
 }
@@ -202,21 +250,51 @@ func (p *procIO) close() {
 	if p.socket != nil {
 		p.socket.Close()
 	}
-	if p.pipes != nil {
-		p.pipes.Close()
-	}
 	if p.console != nil {
 		p.console.Close()
 	}
-	for _, c := range []net.Conn{p.stdin, p.stdout, p.stderr} {
+	for _, f := range append([]*os.File{p.stdin, p.stdout, p.stderr}, p.discards...) {
+		if f != nil {
+			f.Close()
+		}
+	}
+	for _, c := range []net.Conn{p.stdinCtl, p.stdoutCtl, p.stderrCtl} {
 		if c != nil {
 			c.Close()
 		}
 	}
 }
 
-type nopCloser struct{ io.Writer }
+// processPipes gives runc the process's ends of the pipes.
+type processPipes struct{ p *procIO }
 
-func (nopCloser) Close() error { return nil }
+func (pp processPipes) Set(cmd *exec.Cmd) {
+	if pp.p.stdin != nil {
+		cmd.Stdin = pp.p.stdin
+	}
+	cmd.Stdout, cmd.Stderr = pp.p.stdout, pp.p.stderr
+}
+
+// CloseAfterStart closes taskd's copies of the process's ends (runc
+// holds its own).
+func (pp processPipes) CloseAfterStart() error {
+	for _, f := range []*os.File{pp.p.stdin, pp.p.stdout, pp.p.stderr} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	return nil
+}
+
+// Close releases the pipes.
+func (pp processPipes) Close() error {
+	pp.p.close()
+	return nil
+}
+
+// The process's ends are not for taskd to read or write.
+func (processPipes) Stdin() io.WriteCloser { return nil }
+func (processPipes) Stdout() io.ReadCloser { return nil }
+func (processPipes) Stderr() io.ReadCloser { return nil }
 
 var errProcessFinished = fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)

@@ -343,6 +343,11 @@ func TestLifecycleAsContainerdSeesIt(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(r.dir, "c1", "stdout")); string(b) != "hello\n" {
 		t.Errorf("stdout %q", b)
 	}
+	// Once the exit is known, State (which containerd asks before each
+	// delete) is answered here: fakeGuest has no State.
+	if st, err := r.s.State(r.ctx, &taskAPI.StateRequest{ID: "c1"}); err != nil || st.Status != task.Status_STOPPED || st.ExitStatus != 3 || st.Pid != 7 {
+		t.Errorf("state after the exit: %v, %v; want stopped, exit 3, pid 7", st, err)
+	}
 	if _, err := r.s.Delete(r.ctx, &taskAPI.DeleteRequest{ID: "c1"}); err != nil {
 		t.Fatal(err)
 	}

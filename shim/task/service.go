@@ -311,7 +311,10 @@ func (s *Service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 		return nil, toGRPC(err)
 	}
 	var resp *taskAPI.StateResponse
-	if sb := s.sandbox(); ended(sb) {
+	// A process whose exit is known here is stopped for good (as the runc
+	// shim's stopped state says without asking runc): containerd asks this
+	// before each delete, so the guest is not asked again.
+	if sb := s.sandbox(); ended(sb) || p.exitStatus() != nil {
 		resp = &taskAPI.StateResponse{ID: r.ID, ExecID: r.ExecID, Status: task.Status_STOPPED}
 		if r.ExecID == "" {
 			resp.Pid = c.pid

@@ -7,6 +7,9 @@
 //   - ctr run: `ctr run --rm` of echo to its output through a private
 //     containerd, beside containerd's runc shim and the boot floor; the
 //     shim's and QEMU's RSS.
+//   - stdio: an exec round trip (`ctr tasks exec` of echo) and a 4 MiB
+//     stdin → cat → stdout round trip through containerd's fifos, in a
+//     running container, beside containerd's runc shim.
 //   - share: what shared guest memory and virtiofsd cost a VM (boot, RSS).
 //   - bind: a bind mount's write, read and stat speed, beside runc's.
 //   - net: TCP both ways through a CNI bridge, and what joining a network
@@ -44,7 +47,7 @@ func main() {
 	guestDir := flag.String("guest-dir", guestimage.Dir(), "guest image directory")
 	runcPath := flag.String("runc", "build/runc", "runc binary for the host baseline")
 	runs := flag.Int("n", 7, "runs of each measurement")
-	only := flag.String("only", "", "run one section: boot, containers, ctr, share, bind, net, cri, hotplug, runtimes or trace")
+	only := flag.String("only", "", "run one section: boot, containers, ctr, stdio, share, bind, net, cri, hotplug, runtimes or trace")
 	flag.Parse()
 	log.SetLevel("warn")
 	section = *only
@@ -116,6 +119,7 @@ func run(guestDir, runcPath string, runs int) error {
 		name string
 		run  func() error
 	}{
+		{"stdio", func() error { return stdioSection(work, img, runs) }},
 		{"share", func() error { return shareSection(work, img, runs) }},
 		{"bind", func() error { return bindSection(runs) }},
 		{"net", func() error { return netSection(runs) }},

@@ -69,7 +69,7 @@ func (l *Listener) run() {
 			return
 		}
 		sc := &sessionConn{port: l.port}
-		session, err := yamux.Server(sc, yamuxConfig())
+		session, err := yamux.Server(newBatchConn(sc), yamuxConfig())
 		if err != nil {
 			return
 		}

@@ -71,7 +71,7 @@ func handshake(ctx context.Context, conn net.Conn) (*Host, error) {
 	if _, err := conn.Write(tokenStart); err != nil {
 		return nil, fmt.Errorf("handshake with guest agent: %w", err)
 	}
-	session, err := yamux.Client(&readyStripper{Conn: conn}, yamuxConfig())
+	session, err := yamux.Client(newBatchConn(&readyStripper{Conn: conn}), yamuxConfig())
 	if err != nil {
 		return nil, fmt.Errorf("start stream multiplexer: %w", err)
 	}
