@@ -13,6 +13,8 @@
 //     namespace adds to a start, beside runc's.
 //   - cri: a pod's start through containerd's CRI plugin, qemu handler
 //     beside runc, and a pod VM's host overhead.
+//   - memory: an idle container's host PSS (QEMU, shim, virtiofsd) beside
+//     the memory its guest has touched, and the shim's RSS.
 package main
 
 import (
@@ -39,10 +41,12 @@ func main() {
 	guestDir := flag.String("guest-dir", guestimage.Dir(), "guest image directory")
 	runcPath := flag.String("runc", "build/runc", "runc binary for the host baseline")
 	runs := flag.Int("n", 7, "runs of each measurement")
-	only := flag.String("only", "", "run one section: boot, containers, ctr, share, bind, net, cri or hotplug")
+	only := flag.String("only", "", "run one section: boot, containers, ctr, share, bind, net, cri, hotplug or memory")
+	vmConfig := flag.String("vm-config", "", "lines added to the shim's [vm] configuration in the memory section, to compare settings")
 	flag.Parse()
 	log.SetLevel("warn")
 	section = *only
+	memoryVMConfig = *vmConfig
 	if err := run(*guestDir, *runcPath, *runs); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
@@ -51,6 +55,9 @@ func main() {
 
 // section, when set, is the only one run.
 var section string
+
+// memoryVMConfig is added to the shim's [vm] table in the memory section.
+var memoryVMConfig string
 
 func want(name string) bool { return section == "" || section == name }
 
@@ -116,6 +123,7 @@ func run(guestDir, runcPath string, runs int) error {
 		{"net", func() error { return netSection(runs) }},
 		{"cri", func() error { return criSection(runs) }},
 		{"hotplug", func() error { return hotplugSection(work, img, runs) }},
+		{"memory", func() error { return memorySection(runs, memoryVMConfig) }},
 	} {
 		if want(s.name) {
 			fmt.Printf("\n")

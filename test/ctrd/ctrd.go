@@ -68,6 +68,9 @@ type Options struct {
 	// containerd 2.4: it needs erofs in the kernel and mkfs.erofs) is
 	// loaded either way; overlayfs stays the default snapshotter.
 	ErofsDefaultSize string
+	// ExtraVMConfig is added to the shim's [vm] configuration table
+	// ("key = value" lines), e.g. to compare VM settings.
+	ExtraVMConfig string
 }
 
 // Containerd16Dir holds Debian 12's containerd 1.6 and its ctr, unpacked
@@ -142,12 +145,13 @@ kernel = %q
 initrd = %q
 tools = %q
 state_root = %q
+%s
 [rootfs]
 layer_cache = %q
 upper_size_mib = 256
 [operator]
 disk_roots = [%q]
-`, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), d.LayerCache(), d.DiskRoot())), 0o644); err != nil {
+`, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), o.ExtraVMConfig, d.LayerCache(), d.DiskRoot())), 0o644); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(d.DiskRoot(), 0o700); err != nil {
