@@ -59,6 +59,7 @@ func Boot(ctx context.Context, spec Spec) (Sandbox, error) {
 		MemoryMiB:    m.MemoryMiB,
 		MaxMemoryMiB: m.MaxMemoryMiB,
 		VirtioMemMiB: m.VirtioMemMiB,
+		TCGCacheMiB:  cfg.VM.TCGCacheMiB,
 		KernelParams: cfg.VM.KernelParams,
 		BootTimeout:  cfg.VM.BootTimeout.Duration,
 		Debug:        cfg.VM.Debug,
