@@ -23,7 +23,7 @@ taskd=${3:?$usage}
 runc=${4:-}
 crun=${5:-}
 package=${GUEST_KERNEL_PACKAGE:-linux-image-cloud-amd64}
-modules=${GUEST_MODULES:-virtio_pci virtio_blk virtio_scsi sd_mod virtiofs bridge virtio_net virtio_console vsock vmw_vsock_virtio_transport overlay erofs virtio_mem}
+modules=${GUEST_MODULES:-virtio_pci virtio_blk virtio_scsi sd_mod virtiofs bridge virtio_net virtio_console vsock vmw_vsock_virtio_transport overlay erofs virtio_mem virtio_balloon}
 
 die() { echo "build-guest: $*" >&2; exit 1; }
 for tool in apt-cache apt-get dpkg-deb depmod lz4 cpio mkfs.erofs; do
@@ -55,12 +55,28 @@ version=$(ls "$kroot/lib/modules" | head -n1)
 # The cloud kernel's bzImage is LZ4 (legacy frame): find the payload and
 # unpack the ELF vmlinux, which QEMU boots directly through its PVH note.
 vmlinux="$out/vmlinux"
-if [ ! -s "$vmlinux" ] || [ "$vmlinux" -ot "$deb" ]; then
+if [ ! -s "$vmlinux" ] || [ "$vmlinux" -ot "$deb" ] || [ "$vmlinux" -ot "$0" ]; then
 	bz="$kroot/boot/vmlinuz-$version"
 	offset=$(grep -aobUP '\x02\x21\x4c\x18' "$bz" | head -n1 | cut -d: -f1)
 	[ -n "$offset" ] || die "no LZ4 payload in $bz"
 	tail -c +"$((offset + 1))" "$bz" | lz4 -dc > "$vmlinux.tmp" 2>/dev/null || true
 	head -c 4 "$vmlinux.tmp" | grep -q ELF || die "unpacking $bz did not give an ELF kernel"
+	# QEMU keeps each loaded segment's file bytes mapped (and resident)
+	# for as long as the VM runs, to reload them on reset. The last
+	# segment ends in about 11 MiB of zeros (.bss, .brk, .init.scratch):
+	# end each segment's file part at its last non-zero byte instead, and
+	# QEMU fills the rest of the segment's memory with zeros itself.
+	perl -e '
+		my $f = shift; open(my $fh, "+<:raw", $f) or die "$f: $!"; local $/; my $b = <$fh>;
+		my ($phoff, $phentsize, $phnum) = (unpack("Q<", substr($b, 0x20, 8)), unpack("v", substr($b, 0x36, 2)), unpack("v", substr($b, 0x38, 2)));
+		for my $i (0 .. $phnum - 1) {
+			my $ph = $phoff + $i * $phentsize;
+			next unless unpack("V", substr($b, $ph, 4)) == 1; # PT_LOAD
+			my ($off, $filesz) = (unpack("Q<", substr($b, $ph + 8, 8)), unpack("Q<", substr($b, $ph + 32, 8)));
+			my $seg = substr($b, $off, $filesz); $seg =~ s/\0+\z//;
+			seek($fh, $ph + 32, 0); print $fh pack("Q<", length($seg));
+		}
+		close $fh or die "$f: $!";' "$vmlinux.tmp"
 	mv "$vmlinux.tmp" "$vmlinux"
 fi
 

@@ -20,6 +20,14 @@ const DefaultStateRoot = "/run/qemu-shim"
 // are leased; no VM may have it as its ID.
 const CIDLeaseDirName = "vsock-cids"
 
+// DefaultTCGCacheMiB bounds TCG's translation cache, which stays resident
+// once filled. QEMU's own default (1 GiB) lets each VM's grow to that; a
+// guest that has booted and started a container holds about 98 MiB of
+// translated code, and a smaller cache makes every runc start translate
+// again (exec of `true` 1.5 s at 64 MiB, 3 s at 32 MiB, against 0.77 s
+// with QEMU's default and 0.75 s at 128 MiB, measured in one run).
+const DefaultTCGCacheMiB = 128
+
 // DefaultFirmware is the small qboot firmware Debian's qemu-system-data ships.
 const DefaultFirmware = "/usr/share/qemu/qboot.rom"
 
@@ -51,6 +59,9 @@ type Config struct {
 	// guest up to that much more memory in 2 MiB steps, and take it back;
 	// SetMemory then uses it instead of DIMMs.
 	VirtioMemMiB int
+	// TCGCacheMiB bounds TCG's translation cache (DefaultTCGCacheMiB when
+	// 0); it does nothing under KVM.
+	TCGCacheMiB int
 
 	// KernelParams are added to the default kernel command line.
 	KernelParams []string
@@ -143,6 +154,9 @@ func (c *Config) setDefaults() {
 	if c.MemorySlots == 0 && c.MaxMemoryMiB > c.MemoryMiB {
 		c.MemorySlots = 8
 	}
+	if c.TCGCacheMiB == 0 {
+		c.TCGCacheMiB = DefaultTCGCacheMiB
+	}
 	if c.HotplugPorts == 0 {
 		c.HotplugPorts = 4
 	}
@@ -180,6 +194,9 @@ func (c *Config) validate() error {
 	}
 	if c.VirtioMemMiB < 0 || c.VirtioMemMiB%2 != 0 || c.MemoryMiB+c.VirtioMemMiB > c.MaxMemoryMiB {
 		return bad("virtio-mem %d MiB: want an even number that fits below the %d MiB maximum with the %d MiB at boot", c.VirtioMemMiB, c.MaxMemoryMiB, c.MemoryMiB)
+	}
+	if c.TCGCacheMiB < 1 {
+		return bad("TCG translation cache %d MiB: want at least 1", c.TCGCacheMiB)
 	}
 	seen := map[string]bool{}
 	for _, n := range c.NICs {

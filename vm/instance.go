@@ -389,6 +389,7 @@ func (i *Instance) machine(accel cmdline.Accel, link agentLink, conf confinement
 		MaxMemoryMiB:      i.cfg.MaxMemoryMiB,
 		MemorySlots:       i.cfg.MemorySlots,
 		VirtioMemMiB:      i.cfg.VirtioMemMiB,
+		TCGCacheMiB:       i.cfg.TCGCacheMiB,
 		Kernel:            i.cfg.Kernel,
 		Initrd:            i.cfg.Initrd,
 		KernelCmdline:     kernel.String(),

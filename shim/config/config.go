@@ -61,6 +61,7 @@ type VM struct {
 	MemoryMiB    int      `toml:"memory_mib"`
 	MaxMemoryMiB int      `toml:"max_memory_mib"`
 	VirtioMemMiB int      `toml:"virtio_mem_mib"`
+	TCGCacheMiB  int      `toml:"tcg_cache_mib"`
 	BootTimeout  Duration `toml:"boot_timeout"`
 	StateRoot    string   `toml:"state_root"`
 	KernelParams []string `toml:"kernel_params"`
@@ -168,6 +169,8 @@ func (c *Config) Validate() error {
 		return bad("vm.max_memory_mib %d is below vm.memory_mib %d", v.MaxMemoryMiB, v.MemoryMiB)
 	case v.VirtioMemMiB < 0 || v.VirtioMemMiB%2 != 0:
 		return bad("vm.virtio_mem_mib %d: want 0 or an even number", v.VirtioMemMiB)
+	case v.TCGCacheMiB < 1:
+		return bad("vm.tcg_cache_mib %d: want at least 1", v.TCGCacheMiB)
 	case v.Accel != "auto" && v.Accel != "kvm" && v.Accel != "tcg":
 		return bad("vm.accel %q: want auto, kvm or tcg", v.Accel)
 	case v.Transport != "auto" && v.Transport != "vsock" && v.Transport != "serial":

@@ -94,6 +94,7 @@ func vmConfig(cfg config.Config, name string, m config.Machine) vm.Config {
 		MemoryMiB:    m.MemoryMiB,
 		MaxMemoryMiB: m.MaxMemoryMiB,
 		VirtioMemMiB: m.VirtioMemMiB,
+		TCGCacheMiB:  cfg.VM.TCGCacheMiB,
 		KernelParams: cfg.VM.KernelParams,
 		BootTimeout:  cfg.VM.BootTimeout.Duration,
 		Debug:        cfg.VM.Debug,

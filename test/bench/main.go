@@ -21,6 +21,8 @@
 //     first container after boot, the next, an exec.
 //   - trace: where a cold `ctr run --rm` of echo spends its time, from the
 //     shim's and the guest's debug logs, and QEMU's CPU time.
+//   - memory: an idle container's host PSS (QEMU, shim, virtiofsd) beside
+//     the memory its guest has touched, and the shim's RSS.
 package main
 
 import (
@@ -47,10 +49,12 @@ func main() {
 	guestDir := flag.String("guest-dir", guestimage.Dir(), "guest image directory")
 	runcPath := flag.String("runc", "build/runc", "runc binary for the host baseline")
 	runs := flag.Int("n", 7, "runs of each measurement")
-	only := flag.String("only", "", "run one section: boot, containers, ctr, stdio, share, bind, net, cri, hotplug, runtimes or trace")
+	only := flag.String("only", "", "run one section: boot, containers, ctr, stdio, share, bind, net, cri, hotplug, memory, runtimes or trace")
+	vmConfig := flag.String("vm-config", "", "lines added to the shim's [vm] configuration in the memory section, to compare settings")
 	flag.Parse()
 	log.SetLevel("warn")
 	section = *only
+	memoryVMConfig = *vmConfig
 	if err := run(*guestDir, *runcPath, *runs); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
@@ -59,6 +63,9 @@ func main() {
 
 // section, when set, is the only one run.
 var section string
+
+// memoryVMConfig is added to the shim's [vm] table in the memory section.
+var memoryVMConfig string
 
 func want(name string) bool { return section == "" || section == name }
 
@@ -125,6 +132,7 @@ func run(guestDir, runcPath string, runs int) error {
 		{"net", func() error { return netSection(runs) }},
 		{"cri", func() error { return criSection(runs) }},
 		{"hotplug", func() error { return hotplugSection(work, img, runs) }},
+		{"memory", func() error { return memorySection(runs, memoryVMConfig) }},
 		{"runtimes", func() error { return runtimesSection(work, img, runs) }},
 		{"trace", func() error {
 			if section != "trace" {

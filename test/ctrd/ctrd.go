@@ -79,6 +79,9 @@ type Options struct {
 	// $QEMU_SHIM_TEST_OCI_RUNTIME, else the shim's default. Running a
 	// suite with each runtime checks that both pass it.
 	OCIRuntime string
+	// ExtraVMConfig is added to the shim's [vm] configuration table
+	// ("key = value" lines), e.g. to compare VM settings.
+	ExtraVMConfig string
 }
 
 // EnvOCIRuntime names the environment variable that chooses the guest's
@@ -165,6 +168,7 @@ initrd = %q
 tools = %q
 state_root = %q
 debug = %v
+%s
 [rootfs]
 layer_cache = %q
 upper_size_mib = 256
@@ -173,7 +177,7 @@ disk_roots = [%q]
 [template]
 enabled = %t
 dir = %q
-`, vmExtra, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), o.Debug, d.LayerCache(), d.DiskRoot(), !o.ColdBoot, d.TemplateDir())), 0o644); err != nil {
+`, vmExtra, guest+"/vmlinux", guest+"/initramfs.cpio", guest+"/tools.erofs", d.VMStateRoot(), o.Debug, o.ExtraVMConfig, d.LayerCache(), d.DiskRoot(), !o.ColdBoot, d.TemplateDir())), 0o644); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(d.DiskRoot(), 0o700); err != nil {

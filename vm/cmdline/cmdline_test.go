@@ -33,7 +33,8 @@ func TestArgs(t *testing.T) {
 		absent []string
 	}{
 		{"tcg", func(m *Machine) {}, [][2]string{
-			{"-machine", "q35,accel=tcg,memory-backend=ram0"}, {"-object", "memory-backend-ram,id=ram0,size=512M"},
+			{"-machine", "q35,memory-backend=ram0"}, {"-accel", "tcg"}, {"-object", "memory-backend-ram,id=ram0,size=512M"},
+			{"-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=on"},
 			{"-smp", "1,maxcpus=4,sockets=1,cores=4,threads=1"},
 			{"-m", "512M,slots=4,maxmem=2048M"},
 			{"-kernel", "/k/vmlinux"}, {"-initrd", "/k/initrd"}, {"-append", "console=ttyS0 quiet"},
@@ -43,7 +44,9 @@ func TestArgs(t *testing.T) {
 			{"-chardev", "socket,id=agent,path=/run/x/agent.sock,server=on,wait=off"},
 			{"-device", "virtserialport,chardev=agent,name=org.test.0"},
 		}, []string{"-cpu", "-sandbox"}},
-		{"kvm", func(m *Machine) { m.Accel = KVM }, [][2]string{{"-machine", "q35,accel=kvm,memory-backend=ram0"}, {"-cpu", "host"}}, nil},
+		{"kvm", func(m *Machine) { m.Accel = KVM }, [][2]string{{"-accel", "kvm"}, {"-cpu", "host"}}, nil},
+		{"tcg cache", func(m *Machine) { m.TCGCacheMiB = 96 }, [][2]string{{"-accel", "tcg,tb-size=96"}}, nil},
+		{"no tcg cache under kvm", func(m *Machine) { m.Accel, m.TCGCacheMiB = KVM, 96 }, [][2]string{{"-accel", "kvm"}}, nil},
 		{"no hot-plug memory", func(m *Machine) { m.MaxMemoryMiB = 0 }, [][2]string{{"-m", "512M"}}, nil},
 		{"vsock", func(m *Machine) { m.AgentSocket = ""; m.VsockCID = 7 }, [][2]string{{"-device", "vhost-vsock-pci,id=vsock0,guest-cid=7"}}, []string{"virtio-serial-pci,id=vser0,max_ports=2"}},
 		{"disk", func(m *Machine) {
@@ -62,7 +65,7 @@ func TestArgs(t *testing.T) {
 		{"virtio-fs", func(m *Machine) {
 			m.SharedMemory, m.VirtiofsSocket, m.VirtiofsTag = true, "/run/vm/virtiofs.sock", "share"
 		}, [][2]string{
-			{"-machine", "q35,accel=tcg,memory-backend=ram0"}, {"-object", "memory-backend-memfd,id=ram0,size=512M,share=on"},
+			{"-machine", "q35,memory-backend=ram0"}, {"-object", "memory-backend-memfd,id=ram0,size=512M,share=on"},
 			{"-chardev", "socket,id=virtiofs,path=/run/vm/virtiofs.sock"}, {"-device", "vhost-user-fs-pci,chardev=virtiofs,tag=share"},
 		}, nil},
 		{"scsi controller", func(m *Machine) { m.SCSIController = true }, [][2]string{
@@ -109,6 +112,7 @@ func TestValidate(t *testing.T) {
 		{func(m *Machine) { m.CPUs = 0 }, "vCPUs 0"},
 		{func(m *Machine) { m.MaxCPUs = 0 }, "max vCPUs"},
 		{func(m *Machine) { m.MemoryMiB = 16 }, "memory 16 MiB"},
+		{func(m *Machine) { m.TCGCacheMiB = -1 }, "translation cache"},
 		{func(m *Machine) { m.MaxMemoryMiB = 256 }, "max memory"},
 		{func(m *Machine) { m.MemorySlots = 0 }, "slot"},
 		{func(m *Machine) { m.Kernel = "" }, "no kernel"},
@@ -130,7 +134,7 @@ func TestKernel(t *testing.T) {
 	if err := k.Add("quiet", "panic=5", "maxcpus=2"); err != nil {
 		t.Fatal(err)
 	}
-	want := "console=ttyS0 quiet panic=5 memhp_default_state=online_movable cryptomgr.notests qemu_shim.transport=serial maxcpus=2"
+	want := "console=ttyS0 quiet panic=5 memhp_default_state=online_movable cryptomgr.notests swiotlb=noforce qemu_shim.transport=serial maxcpus=2"
 	if got := k.String(); got != want {
 		t.Errorf("got  %q\nwant %q", got, want)
 	}

@@ -12,6 +12,11 @@ var DefaultKernelParams = []string{
 	"console=ttyS0", "quiet", "panic=-1", "memhp_default_state=online_movable",
 	// The crypto self-tests cost about 0.5 s of every boot under TCG.
 	"cryptomgr.notests",
+	// The hot-plug range above 4 GiB makes the kernel set aside (and zero:
+	// the host then holds it) 64 MiB of bounce buffers for devices that
+	// cannot reach that memory. Every device here is virtio, which
+	// addresses all of the guest's memory and never bounces.
+	"swiotlb=noforce",
 }
 
 // Kernel builds a kernel command line. Later values of a key replace

@@ -45,6 +45,10 @@ type Machine struct {
 	// VirtioMemMiB, when set, adds a virtio-mem device of that size
 	// (requested size 0) for fine-grained memory hot-plug.
 	VirtioMemMiB int
+	// TCGCacheMiB bounds TCG's translation cache (tb-size); 0 leaves
+	// QEMU's default (1 GiB, or an eighth of the host's memory if less),
+	// which an idle guest fills with code it no longer runs. KVM has none.
+	TCGCacheMiB int
 
 	Kernel, Initrd, KernelCmdline string
 
@@ -94,6 +98,10 @@ func MemoryBackend(shared bool) string {
 	return "memory-backend-ram"
 }
 
+// BalloonID is the virtio-balloon device's id. It is there for free page
+// reporting only: nothing inflates it.
+const BalloonID = "balloon0"
+
 // ScsiControllerID is the virtio-scsi controller's device id; its bus is
 // ScsiControllerID + ".0".
 const ScsiControllerID = "scsi0"
@@ -116,6 +124,8 @@ func (m *Machine) Validate() error {
 		return fmt.Errorf("max vCPUs %d is below the %d at boot", m.MaxCPUs, m.CPUs)
 	case m.MaxCPUs > 255:
 		return fmt.Errorf("max vCPUs %d: at most 255", m.MaxCPUs)
+	case m.TCGCacheMiB < 0:
+		return fmt.Errorf("TCG translation cache %d MiB: want 0 (QEMU's default) or more", m.TCGCacheMiB)
 	case m.MemoryMiB < 64:
 		return fmt.Errorf("memory %d MiB: want at least 64", m.MemoryMiB)
 	case m.MaxMemoryMiB != 0 && m.MaxMemoryMiB < m.MemoryMiB+m.VirtioMemMiB:
@@ -159,12 +169,12 @@ func (m *Machine) Args() ([]string, error) {
 	// The guest's RAM is always the named backend ram0, shared or not:
 	// the migration stream names it, so a state saved from a VM with one
 	// kind can be restored into a VM with the other (see vm.ShapeKey).
-	machine := "q35,accel=" + string(m.Accel) + ",memory-backend=ram0"
-
+	machine := "q35,memory-backend=ram0"
 	a := []string{
 		"-name", "qemu-shim",
 		"-machine", machine,
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-accel", m.accelOpts(),
 	}
 	if m.Accel == KVM {
 		a = append(a, "-cpu", "host")
@@ -207,6 +217,10 @@ func (m *Machine) Args() ([]string, error) {
 	if m.PidFile != "" {
 		a = append(a, "-pidfile", m.PidFile)
 	}
+	// Free page reporting: the guest hands back the memory it frees, which
+	// QEMU then discards. The device is always there, first (its address
+	// does not depend on the others), and never inflated.
+	a = append(a, "-device", "virtio-balloon-pci,id="+BalloonID+",free-page-reporting=on")
 	if m.AgentSocket != "" {
 		name := m.AgentPortName
 		if name == "" {
@@ -258,6 +272,14 @@ func (m *Machine) Args() ([]string, error) {
 		a = append(a, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
 	}
 	return a, nil
+}
+
+// accelOpts is the -accel option: the accelerator and its settings.
+func (m *Machine) accelOpts() string {
+	if m.Accel == TCG && m.TCGCacheMiB > 0 {
+		return fmt.Sprintf("tcg,tb-size=%d", m.TCGCacheMiB)
+	}
+	return string(m.Accel)
 }
 
 // escape doubles commas, QEMU's escape inside an option value.

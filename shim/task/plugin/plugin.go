@@ -4,6 +4,9 @@
 package plugin
 
 import (
+	"context"
+	"time"
+
 	taskv2API "github.com/containerd/containerd/api/runtime/task/v2"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/pkg/shim"
@@ -13,6 +16,7 @@ import (
 	"github.com/containerd/plugin/registry"
 	"github.com/containerd/ttrpc"
 
+	"github.com/qemu-shim/qemu-shim/internal/memtrim"
 	"github.com/qemu-shim/qemu-shim/shim/task"
 	"github.com/qemu-shim/qemu-shim/shim/taskv2"
 )
@@ -35,14 +39,30 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return registrar{s}, nil
+			return registrar{s: s, idle: memtrim.NewIdle(trimAfter)}, nil
 		},
 	})
 }
 
+// trimAfter is how long the shim waits after containerd's last call before
+// it gives back the memory that starting containers took (see memtrim).
+const trimAfter = 5 * time.Second
+
 // registrar hands the service to the shim's TTRPC server, under both task
-// APIs (containerd 2.x's runc shim serves v3 only).
-type registrar struct{ s *task.Service }
+// APIs (containerd 2.x's runc shim serves v3 only), and trims the shim's
+// memory once the calls stop.
+type registrar struct {
+	s    *task.Service
+	idle *memtrim.Idle
+}
+
+// UnaryServerInterceptor notes each call, so that the trim waits for quiet.
+func (r registrar) UnaryServerInterceptor() ttrpc.UnaryServerInterceptor {
+	return func(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (any, error) {
+		defer r.idle.Touch()
+		return method(ctx, unmarshal)
+	}
+}
 
 func (r registrar) RegisterTTRPC(server *ttrpc.Server) error {
 	taskAPI.RegisterTTRPCTaskService(server, r.s)
