@@ -88,9 +88,9 @@ func memorySection(runs int, vmConfig string) error {
 	row("ratio without TCG's cache / guest touched", jitRatio)
 	row("shim RSS (MiB)", shimRSS)
 	row("time until the host PSS settled (s)", settle)
-	row(fmt.Sprintf("host PSS after the guest used %d MiB and freed it (MiB)", fillMiB), afterFill)
-	row(fmt.Sprintf("%d idle containers at once: host PSS each (MiB)", groupSize), groupHost)
-	row(fmt.Sprintf("%d idle containers at once: ratio to guest touched", groupSize), groupRatio)
+	row(fmt.Sprintf("host PSS, %d MiB used and freed (MiB)", fillMiB), afterFill)
+	row(fmt.Sprintf("%d at once: host PSS each (MiB)", groupSize), groupHost)
+	row(fmt.Sprintf("%d at once: ratio to guest touched", groupSize), groupRatio)
 	fmt.Printf("host PSS / guest touched: %.2f (target ≤ %.1f; %.2f without TCG's translation cache, which KVM does not have: an estimate, KVM is not measured here); shim RSS %.1f MiB (target ≤ %d)",
 		median(ratio), memRatioTarget, median(jitRatio), median(shimRSS), shimRSSTargetMi)
 	if unsettled > 0 {
