@@ -46,7 +46,7 @@ func memorySection(runs int, vmConfig string) error {
 		return err
 	}
 	defer d.Close()
-	var host, noJIT, jitRatio, jit, afterFill, qemu, qemuAnon, qemuShmem, qemuFile, shimPSS, shimRSS, vfs, total, touched, ratio, settle []float64
+	var groupHost, groupRatio, host, noJIT, jitRatio, jit, afterFill, qemu, qemuAnon, qemuShmem, qemuFile, shimPSS, shimRSS, vfs, total, touched, ratio, settle []float64
 	unsettled := 0
 	for i := 0; i < runs; i++ {
 		m, err := idleContainer(ctx, d, fmt.Sprintf("mem%d", i))
@@ -67,6 +67,11 @@ func memorySection(runs int, vmConfig string) error {
 		total, touched = append(total, mi(m.memTotal)), append(touched, mi(m.memTotal-m.memFree))
 		ratio = append(ratio, float64(m.qemu.pss+m.shim.pss+m.virtiofsd.pss)/float64(m.memTotal-m.memFree))
 		settle = append(settle, m.settle.Seconds())
+		h, g, err := idleGroup(ctx, d, fmt.Sprintf("group%d", i))
+		if err != nil {
+			return err
+		}
+		groupHost, groupRatio = append(groupHost, mi(h)), append(groupRatio, float64(h)/float64(g))
 	}
 	row("idle container: host PSS, all (MiB)", host)
 	row("  QEMU PSS (MiB)", qemu)
@@ -83,7 +88,9 @@ func memorySection(runs int, vmConfig string) error {
 	row("ratio without TCG's cache / guest touched", jitRatio)
 	row("shim RSS (MiB)", shimRSS)
 	row("time until the host PSS settled (s)", settle)
-	row(fmt.Sprintf("host PSS after the guest used %d MiB and freed it (MiB)", fillMiB), afterFill)
+	row(fmt.Sprintf("host PSS, %d MiB used and freed (MiB)", fillMiB), afterFill)
+	row(fmt.Sprintf("%d at once: host PSS each (MiB)", groupSize), groupHost)
+	row(fmt.Sprintf("%d at once: ratio to guest touched", groupSize), groupRatio)
 	fmt.Printf("host PSS / guest touched: %.2f (target ≤ %.1f; %.2f without TCG's translation cache, which KVM does not have: an estimate, KVM is not measured here); shim RSS %.1f MiB (target ≤ %d)",
 		median(ratio), memRatioTarget, median(jitRatio), median(shimRSS), shimRSSTargetMi)
 	if unsettled > 0 {
@@ -128,28 +135,9 @@ func idleContainer(ctx context.Context, d *ctrd.Daemon, id string) (idleMeasure,
 	if m.settle, m.settled = settle(measure, func() int { return m.qemu.pss + m.shim.pss + m.virtiofsd.pss }); m.qemu.pss == 0 {
 		return m, fmt.Errorf("no QEMU found for %s", stateDir)
 	}
-	// The exec's runc has exited when cat runs: what cat sees is the idle
-	// guest with one more shell.
-	out, err := d.Ctr(ctx, "task", "exec", "--exec-id", "meminfo", id, "sh", "-c", "sleep 2; cat /proc/meminfo").Output()
-	if err != nil {
-		return m, fmt.Errorf("read the guest's meminfo: %w", err)
-	}
-	sc := bufio.NewScanner(strings.NewReader(string(out)))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 2 {
-			continue
-		}
-		n, _ := strconv.Atoi(f[1])
-		switch f[0] {
-		case "MemTotal:":
-			m.memTotal = n
-		case "MemFree:":
-			m.memFree = n
-		}
-	}
-	if m.memTotal == 0 {
-		return m, fmt.Errorf("no MemTotal in the guest's meminfo: %q", out)
+	var err error
+	if m.memTotal, m.memFree, err = guestMeminfo(ctx, d, id); err != nil {
+		return m, err
 	}
 	// Memory the guest used for a while and freed: does the host get it
 	// back? (/dev/shm is a tmpfs of 64 MiB in the container.)
@@ -161,6 +149,82 @@ func idleContainer(ctx context.Context, d *ctrd.Daemon, id string) (idleMeasure,
 	settle(measure, func() int { return m.qemu.pss + m.shim.pss + m.virtiofsd.pss })
 	idle.afterFill = m.qemu.pss + m.shim.pss + m.virtiofsd.pss
 	return idle, nil
+}
+
+// guestMeminfo reads the guest's MemTotal and MemFree (KiB) from inside
+// a container. The exec's runc has exited when cat runs: what cat sees is
+// the idle guest with one more shell.
+func guestMeminfo(ctx context.Context, d *ctrd.Daemon, id string) (total, free int, err error) {
+	out, err := d.Ctr(ctx, "task", "exec", "--exec-id", "meminfo", id, "sh", "-c", "sleep 2; cat /proc/meminfo").Output()
+	if err != nil {
+		return 0, 0, fmt.Errorf("read the guest's meminfo: %w", err)
+	}
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 {
+			continue
+		}
+		n, _ := strconv.Atoi(f[1])
+		switch f[0] {
+		case "MemTotal:":
+			total = n
+		case "MemFree:":
+			free = n
+		}
+	}
+	if total == 0 {
+		return 0, 0, fmt.Errorf("no MemTotal in the guest's meminfo: %q", out)
+	}
+	return total, free, nil
+}
+
+// groupSize is how many idle containers run at once in the shared
+// measurement.
+const groupSize = 3
+
+// idleGroup starts groupSize idle containers, waits until their summed
+// host PSS settles, and returns it per container with the mean of what
+// their guests have touched (KiB): the files every VM maps (kernel,
+// initramfs, QEMU's and the shim's binaries) are then shared, as on a host
+// that runs several.
+func idleGroup(ctx context.Context, d *ctrd.Daemon, prefix string) (hostKiB, touchedKiB int, err error) {
+	var ids []string
+	defer func() {
+		bg := context.WithoutCancel(ctx)
+		for _, id := range ids {
+			d.Ctr(bg, "task", "kill", "-s", "KILL", id).Run()
+			d.Ctr(bg, "task", "delete", "-f", id).Run()
+			d.Ctr(bg, "container", "delete", id).Run()
+		}
+	}()
+	for i := 0; i < groupSize; i++ {
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		if out, err := d.Ctr(ctx, "run", "-d", "--runtime", ctrd.Runtime, busybox.DefaultRef, id, "sleep", "100000").CombinedOutput(); err != nil {
+			return 0, 0, fmt.Errorf("ctr run -d: %v: %s", err, out)
+		}
+		ids = append(ids, id)
+	}
+	sum := 0
+	measure := func() {
+		sum = 0
+		for _, id := range ids {
+			stateDir := filepath.Join(d.VMStateRoot(), bundle.VMName(ctrd.Namespace, id))
+			for _, pattern := range []string{"qemu-system.*" + stateDir + "/", "virtiofsd.*" + stateDir + "/", "containerd-shim-qemu-v1.*-id " + id + "( |$)"} {
+				sum += sumMem(pattern).pss
+			}
+		}
+	}
+	settle(measure, func() int { return sum })
+	host := sum
+	for _, id := range ids {
+		total, free, err := guestMeminfo(ctx, d, id)
+		if err != nil {
+			return 0, 0, err
+		}
+		touchedKiB += total - free
+	}
+	return host / groupSize, touchedKiB / groupSize, nil
 }
 
 // fillMiB is how much the container writes to its /dev/shm and removes.
