@@ -20,6 +20,28 @@ const DefaultStateRoot = "/run/qemu-shim"
 // are leased; no VM may have it as its ID.
 const CIDLeaseDirName = "vsock-cids"
 
+// UIDLeaseDirName is the directory under the state root where the user IDs
+// QEMU runs as are leased, and ChrootDirName the empty directory QEMU is
+// held in; a VM ID cannot start with '.'.
+const (
+	UIDLeaseDirName = ".qemu-uids"
+	ChrootDirName   = ".qemu-root"
+)
+
+// StateRootEntry says whether name is one of the state root's own entries
+// rather than a VM's state directory.
+func StateRootEntry(name string) bool {
+	return name == CIDLeaseDirName || name == UIDLeaseDirName || name == ChrootDirName
+}
+
+// The user and group IDs QEMU runs as by default: one per VM, from a range
+// far above what hosts give people, services and the usual subordinate ID
+// ranges of user namespaces (from 100000, in blocks of 65536).
+const (
+	DefaultQEMUUIDFirst = 1_500_000_000
+	DefaultQEMUUIDCount = 65536
+)
+
 // DefaultTCGCacheMiB bounds TCG's translation cache, which stays resident
 // once filled. QEMU's own default (1 GiB) lets each VM's grow to that; a
 // guest that has booted and started a container holds about 98 MiB of
@@ -85,6 +107,10 @@ type Config struct {
 	// AllowUnconfined lets QEMU start without its seccomp filter or with
 	// its capabilities, where this host cannot confine it (see confine).
 	AllowUnconfined bool
+	// QEMUUIDFirst and QEMUUIDCount are the IDs QEMU runs as (user and
+	// group alike, one per running VM; DefaultQEMUUIDFirst and
+	// DefaultQEMUUIDCount when the count is 0). No host user needs them.
+	QEMUUIDFirst, QEMUUIDCount uint32
 	// SharedMemory puts the guest's RAM in shared memory even without a
 	// Share; a Share implies it.
 	SharedMemory bool
@@ -115,8 +141,8 @@ func CheckID(id string) error {
 	if !validVMID.MatchString(id) {
 		return fmt.Errorf("id %q: want 1-64 letters, digits, '_', '.' or '-': %w", id, errdefs.ErrInvalidArgument)
 	}
-	if id == CIDLeaseDirName {
-		return fmt.Errorf("id %q: the state root's directory of vsock CID leases has that name: %w", id, errdefs.ErrInvalidArgument)
+	if StateRootEntry(id) {
+		return fmt.Errorf("id %q: one of the state root's own directories has that name: %w", id, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }
@@ -163,6 +189,9 @@ func (c *Config) setDefaults() {
 	if c.BootTimeout == 0 {
 		c.BootTimeout = 60 * time.Second
 	}
+	if c.QEMUUIDCount == 0 {
+		c.QEMUUIDFirst, c.QEMUUIDCount = DefaultQEMUUIDFirst, DefaultQEMUUIDCount
+	}
 }
 
 func (c *Config) validate() error {
@@ -197,6 +226,9 @@ func (c *Config) validate() error {
 	}
 	if c.TCGCacheMiB < 1 {
 		return bad("TCG translation cache %d MiB: want at least 1", c.TCGCacheMiB)
+	}
+	if last := uint64(c.QEMUUIDFirst) + uint64(c.QEMUUIDCount) - 1; c.QEMUUIDFirst == 0 || last >= 1<<32-1 {
+		return bad("QEMU's user IDs %d-%d: want a range above 0 and below 4294967295", c.QEMUUIDFirst, last)
 	}
 	seen := map[string]bool{}
 	for _, n := range c.NICs {

@@ -120,11 +120,11 @@ func TestCommandLineHoldsNothing(t *testing.T) {
 func TestUnconfinedQEMUIsRefused(t *testing.T) {
 	fake := filepath.Join(t.TempDir(), "qemu-without-seccomp")
 	os.WriteFile(fake, []byte("#!/bin/sh\necho 'QEMU emulator, no sandbox option'\n"), 0o755)
-	_, err := confine(fake, false)
+	_, err := confine(Config{QEMU: fake, StateRoot: t.TempDir()}, false)
 	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "-sandbox") || !strings.Contains(err.Error(), "vm.allow_unconfined") {
 		t.Errorf("confine(no seccomp) = %v; want a failed precondition naming -sandbox and vm.allow_unconfined", err)
 	}
-	c, err := confine(fake, true)
+	c, err := confine(Config{QEMU: fake, StateRoot: t.TempDir(), AllowUnconfined: true}, false)
 	if err != nil || c.seccomp {
 		t.Errorf("confine(no seccomp, allowed) = %+v, %v", c, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -41,11 +42,14 @@ func (i *Instance) AttachDisk(ctx context.Context, d Disk) error {
 		format = "raw"
 	}
 	fileNode, drvNode := "file-"+d.ID, "drv-"+d.ID
-	protocol := "file" // QEMU's file driver refuses block devices
-	if st, err := os.Stat(d.Path); err == nil && st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0 {
-		protocol = "host_device"
+	// The shim opens the image and hands QEMU the descriptor: QEMU, in its
+	// empty root as its own user, could not open it by path.
+	fdset, protocol, err := i.addDiskFD(ctx, d)
+	if err != nil {
+		return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
 	}
-	if err := i.qmp.Run(ctx, "blockdev-add", blockdevAdd{Driver: protocol, NodeName: fileNode, Filename: d.Path, ReadOnly: d.ReadOnly}, nil); err != nil {
+	if err := i.qmp.Run(ctx, "blockdev-add", blockdevAdd{Driver: protocol, NodeName: fileNode, Filename: fdsetPath(fdset), ReadOnly: d.ReadOnly}, nil); err != nil {
+		i.removeFDSet(ctx, fdset)
 		return fmt.Errorf("vm %s: open disk %s: %w", i.cfg.ID, d.Path, err)
 	}
 	undo := func(nodes ...string) {
@@ -54,6 +58,7 @@ func (i *Instance) AttachDisk(ctx context.Context, d Disk) error {
 				log.G(ctx).WithError(err).WithField("node", n).Warn("remove block node after failed attach")
 			}
 		}
+		i.removeFDSet(context.WithoutCancel(ctx), fdset)
 	}
 	if err := i.qmp.Run(ctx, "blockdev-add", blockdevAdd{Driver: format, NodeName: drvNode, File: fileNode, ReadOnly: d.ReadOnly}, nil); err != nil {
 		undo(fileNode)
@@ -68,8 +73,56 @@ func (i *Instance) AttachDisk(ctx context.Context, d Disk) error {
 	}
 	i.hp.luns[slot] = d.ID
 	i.hp.disks[d.ID] = slot
+	i.hp.fdsets[d.ID] = fdset
 	return nil
 }
+
+// addDiskFD opens a disk image for QEMU, read-only if the disk is, and
+// adds the descriptor to a new file descriptor set, whose ID it returns
+// with the QEMU block driver for the image (files and block devices
+// differ).
+func (i *Instance) addDiskFD(ctx context.Context, d Disk) (int, string, error) {
+	flags := os.O_RDWR
+	if d.ReadOnly {
+		flags = os.O_RDONLY
+	}
+	f, err := os.OpenFile(d.Path, flags, 0)
+	if err != nil {
+		if os.IsNotExist(err) {
+			err = fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
+		}
+		return 0, "", fmt.Errorf("open disk: %w", err)
+	}
+	defer f.Close() // QEMU has its own copy once add-fd returns
+	st, err := f.Stat()
+	if err != nil {
+		return 0, "", fmt.Errorf("disk %s: %w", d.Path, err)
+	}
+	protocol := "file" // QEMU's file driver refuses block devices
+	switch {
+	case st.Mode().IsRegular():
+	case st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0:
+		protocol = "host_device"
+	default:
+		return 0, "", fmt.Errorf("disk %s is neither a file nor a block device: %w", d.Path, errdefs.ErrInvalidArgument)
+	}
+	var added addFDResult
+	if err := i.qmp.RunWithFile(ctx, "add-fd", addFD{Opaque: "disk " + d.ID + ": " + d.Path}, &added, f); err != nil {
+		return 0, "", fmt.Errorf("hand disk %s to QEMU: %w", d.Path, err)
+	}
+	return added.FDSetID, protocol, nil
+}
+
+// removeFDSet drops a disk's descriptor set; QEMU closes the descriptors
+// once no block node uses them.
+func (i *Instance) removeFDSet(ctx context.Context, fdset int) {
+	if err := i.qmp.Run(ctx, "remove-fd", removeFD{FDSetID: fdset}, nil); err != nil {
+		log.G(ctx).WithError(err).WithField("vm", i.cfg.ID).WithField("fdset", fdset).Warn("remove a disk's descriptor set")
+	}
+}
+
+// fdsetPath is how QEMU opens a descriptor of a set.
+func fdsetPath(fdset int) string { return "/dev/fdset/" + strconv.Itoa(fdset) }
 
 // DetachDisk unplugs a disk, waits for the guest to release it and closes
 // the image in QEMU.
@@ -93,6 +146,12 @@ func (i *Instance) DetachDisk(ctx context.Context, id string) error {
 	var errs []error
 	for _, n := range []string{"drv-" + id, "file-" + id} {
 		if err := i.qmp.Run(ctx, "blockdev-del", blockdevDel{NodeName: n}, nil); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if fdset, ok := i.hp.fdsets[id]; ok {
+		delete(i.hp.fdsets, id)
+		if err := i.qmp.Run(ctx, "remove-fd", removeFD{FDSetID: fdset}, nil); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -26,9 +26,11 @@ type hotplugState struct {
 	// luns[n] is the disk on LUN n+1 of the controller's target 0, or "".
 	luns  []string
 	disks map[string]int // disk ID → index in luns, -1 for a boot disk
-	dimms []dimm
-	cpus  []string // device ids of hot-plugged CPUs, in plug order
-	seq   int
+	// fdsets[id] is the descriptor set QEMU opened hot-plugged disk id from.
+	fdsets map[string]int
+	dimms  []dimm
+	cpus   []string // device ids of hot-plugged CPUs, in plug order
+	seq    int
 	// virtioMemMiB is what the virtio-mem device was last asked to give.
 	virtioMemMiB int
 }
@@ -42,6 +44,7 @@ func (h *hotplugState) init(cfg Config) {
 	h.ports = make([]string, cfg.HotplugPorts)
 	h.luns = make([]string, cmdline.ScsiTargets)
 	h.disks = map[string]int{}
+	h.fdsets = map[string]int{}
 	for _, d := range cfg.Disks {
 		h.disks[d.ID] = -1 // present at boot, not on a hot-plug port
 	}

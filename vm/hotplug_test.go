@@ -79,6 +79,16 @@ func newHotplugRig(t *testing.T, cfg Config) *hotplugRig {
 	t.Cleanup(func() { m.Close() })
 	r.inst = &Instance{cfg: cfg, qmp: m, agent: r.agent}
 	r.inst.hp.init(cfg)
+	// add-fd answers with a new set for each descriptor, as QEMU does.
+	fdset := 0
+	r.qemu.Handle("add-fd", func(c qmptest.Call) qmptest.Reply {
+		if c.FDs != 1 {
+			return qmptest.Reply{Error: &qmptest.Error{Class: "GenericError", Desc: "No file descriptor supplied via SCM_RIGHTS"}}
+		}
+		fdset++
+		return qmptest.Reply{Return: addFDResult{FDSetID: fdset, FD: 20 + fdset}}
+	})
+	r.qemu.Return("remove-fd", nil)
 	for _, s := range []State{StateStarting, StateRunning} {
 		if err := r.inst.state.transition(cfg.ID, "test", r.inst.state.get(), s); err != nil {
 			t.Fatal(err)
@@ -331,15 +341,16 @@ func TestAttachAndDetachDisks(t *testing.T) {
 		t.Errorf("attaching a twice: %v", err)
 	}
 	calls := r.qemu.Calls()
-	if got := r.commands(); got != "blockdev-add blockdev-add device_add blockdev-add blockdev-add device_add" {
+	// QEMU opens each image from a descriptor the shim opened.
+	if got := r.commands(); got != "add-fd blockdev-add blockdev-add device_add add-fd blockdev-add blockdev-add device_add" {
 		t.Fatalf("sent %s", got)
 	}
 	var file, format blockdevAdd
 	var dev scsiDiskAdd
-	calls[3].Decode(&file)
-	calls[4].Decode(&format)
-	calls[5].Decode(&dev)
-	if file != (blockdevAdd{Driver: "file", NodeName: "file-b", Filename: b.Path, ReadOnly: true}) {
+	calls[5].Decode(&file)
+	calls[6].Decode(&format)
+	calls[7].Decode(&dev)
+	if file != (blockdevAdd{Driver: "file", NodeName: "file-b", Filename: "/dev/fdset/2", ReadOnly: true}) {
 		t.Errorf("file node %+v", file)
 	}
 	if format != (blockdevAdd{Driver: "qcow2", NodeName: "drv-b", File: "file-b", ReadOnly: true}) {
@@ -349,17 +360,20 @@ func TestAttachAndDetachDisks(t *testing.T) {
 		t.Errorf("device %+v", dev)
 	}
 
-	// Detach: device_del, DEVICE_DELETED, then both nodes, newest first.
+	// Detach: device_del, DEVICE_DELETED, then both nodes, newest first,
+	// then the descriptor set.
 	if err := r.inst.DetachDisk(r.ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
-	calls = r.qemu.Calls()[6:]
+	calls = r.qemu.Calls()[8:]
 	var del deviceDel
 	var n1, n2 blockdevDel
+	var set removeFD
 	calls[0].Decode(&del)
 	calls[1].Decode(&n1)
 	calls[2].Decode(&n2)
-	if len(calls) != 3 || calls[0].Command != "device_del" || del.ID != "a" || n1.NodeName != "drv-a" || n2.NodeName != "file-a" {
+	calls[3].Decode(&set)
+	if len(calls) != 4 || calls[0].Command != "device_del" || del.ID != "a" || n1.NodeName != "drv-a" || n2.NodeName != "file-a" || calls[3].Command != "remove-fd" || set.FDSetID != 1 {
 		t.Errorf("detach sent %+v", calls)
 	}
 	if err := r.inst.DetachDisk(r.ctx, "a"); !errors.Is(err, errdefs.ErrNotFound) {
@@ -388,9 +402,9 @@ func TestAttachDiskUndoesAFailedPlug(t *testing.T) {
 	}
 	calls := r.qemu.Calls()
 	var n1, n2 blockdevDel
-	calls[3].Decode(&n1)
-	calls[4].Decode(&n2)
-	if r.commands() != "blockdev-add blockdev-add device_add blockdev-del blockdev-del" || n1.NodeName != "drv-a" || n2.NodeName != "file-a" {
+	calls[4].Decode(&n1)
+	calls[5].Decode(&n2)
+	if r.commands() != "add-fd blockdev-add blockdev-add device_add blockdev-del blockdev-del remove-fd" || n1.NodeName != "drv-a" || n2.NodeName != "file-a" {
 		t.Errorf("sent %+v", calls)
 	}
 	if len(r.inst.hp.disks) != 0 || slices.ContainsFunc(r.inst.hp.luns, func(s string) bool { return s != "" }) {

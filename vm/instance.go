@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	agentapi "github.com/qemu-shim/qemu-shim/api/agent/v1"
+	"github.com/qemu-shim/qemu-shim/internal/lease"
 	"github.com/qemu-shim/qemu-shim/internal/mountutil"
 	"github.com/qemu-shim/qemu-shim/internal/transport"
 	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
@@ -204,9 +206,10 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	if err != nil {
 		return err
 	}
-	conf, err := confine(i.cfg.QEMU, i.cfg.AllowUnconfined)
+	conf, err := confine(i.cfg, true)
 	if err != nil {
 		link.release()
+		conf.release()
 		return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
 	}
 	i.accel, i.transport, i.link, i.confinement = accel, kind, link, conf
@@ -246,11 +249,21 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 		}
 		inherited = append(inherited, state)
 	}
+	var userLease *os.File
+	if conf.user != nil {
+		// QEMU holds its user ID's lease as long as it lives, even if the
+		// shim dies first, so no other VM's QEMU gets the same ID.
+		userLease = conf.user.File()
+	}
 	binary := i.cfg.QEMU
 	if w := i.confinement.wrapper; len(w) > 0 {
 		binary, args = w[0], append(append(w[1:len(w):len(w)], i.cfg.QEMU), args...)
 	}
-	i.proc, err = startProcess(binary, args, inherited)
+	qemuFiles := inherited
+	if userLease != nil {
+		qemuFiles = append(slices.Clip(inherited), userLease)
+	}
+	i.proc, err = startProcess(binary, args, qemuFiles)
 	for _, f := range inherited {
 		f.Close() // QEMU has its own copies
 	}
@@ -401,6 +414,10 @@ func (i *Instance) machine(accel cmdline.Accel, link agentLink, conf confinement
 		SCSIController:    true,
 		SharedMemory:      i.cfg.Share != nil || i.cfg.SharedMemory,
 		Sandbox:           conf.seccomp,
+		RunAs:             conf.runAs(),
+	}
+	if m.RunAs != "" {
+		m.Chroot = conf.chroot
 	}
 	if i.cfg.Tools != "" {
 		m.Disks = append(m.Disks, cmdline.Disk{ID: agentapi.ToolsDiskSerial, Serial: agentapi.ToolsDiskSerial, Path: i.cfg.Tools, ReadOnly: true})
@@ -452,7 +469,11 @@ func (i *Instance) CommandLine() ([]string, error) {
 		return nil, err
 	}
 	defer link.release()
-	conf, _ := confine(i.cfg.QEMU, true) // shown as Start would confine it where it can
+	// Shown as Start would confine it where it can, with the first user ID.
+	conf, _ := confine(i.cfg, false)
+	if conf.chroot != "" {
+		conf.user = &lease.Lease{N: i.cfg.QEMUUIDFirst}
+	}
 	m, err := i.machine(accel, link, conf)
 	if err != nil {
 		return nil, err
@@ -585,6 +606,7 @@ func (i *Instance) cleanup(ctx context.Context) {
 		if i.link != nil {
 			i.link.release()
 		}
+		i.confinement.release()
 		i.stopVirtiofsd()
 		if i.console != nil {
 			i.console.stop()

@@ -117,6 +117,22 @@ type scsiDiskAdd struct {
 	LUN     int    `json:"lun"`
 }
 
+// addFD is add-fd's: the descriptor passed along goes into a new set.
+type addFD struct {
+	Opaque string `json:"opaque,omitempty"`
+}
+
+// addFDResult is what add-fd returns.
+type addFDResult struct {
+	FDSetID int `json:"fdset-id"`
+	FD      int `json:"fd"`
+}
+
+// removeFD is remove-fd of a whole set.
+type removeFD struct {
+	FDSetID int `json:"fdset-id"`
+}
+
 // fdName is getfd's and closefd's.
 type fdName struct {
 	FDName string `json:"fdname"`
@@ -141,6 +157,9 @@ type nicDeviceAdd struct {
 	Netdev string `json:"netdev"`
 	Bus    string `json:"bus"`
 	MAC    string `json:"mac,omitempty"`
+	// RomFile is always empty: the guest boots without network boot
+	// ROMs, and QEMU, chrooted, could not load one.
+	RomFile string `json:"romfile"`
 }
 
 // migrate starts saving the VM's state to uri.
@@ -173,15 +192,17 @@ type chardevSocket struct {
 	Server bool           `json:"server"`
 }
 
-type unixSocketAddress struct {
-	Path string `json:"path"`
+// fdChardevAdd makes a character device of a connected socket passed to
+// QEMU with getfd as fdName (QEMU takes the descriptor over).
+func fdChardevAdd(id, fdName string) chardevAdd {
+	return chardevAdd{ID: id, Backend: chardevBackend{Type: "socket", Data: chardevSocket{
+		Addr: chardevBackend{Type: "fd", Data: fdSocketAddress{Str: fdName}},
+	}}}
 }
 
-// unixChardevAdd connects a character device to a Unix socket.
-func unixChardevAdd(id, path string) chardevAdd {
-	return chardevAdd{ID: id, Backend: chardevBackend{Type: "socket", Data: chardevSocket{
-		Addr: chardevBackend{Type: "unix", Data: unixSocketAddress{Path: path}},
-	}}}
+// fdSocketAddress names a descriptor passed with getfd.
+type fdSocketAddress struct {
+	Str string `json:"str"`
 }
 
 // shareDeviceAdd plugs a vhost-user-fs device.

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -224,8 +225,13 @@ func (i *Instance) plugShare(ctx context.Context) error {
 	if port < 0 {
 		return fmt.Errorf("no hot-plug slot left for the share: %w", errdefs.ErrResourceExhausted)
 	}
-	socket := i.virtiofsdSocket()
-	if err := i.qmp.Run(ctx, "chardev-add", unixChardevAdd(shareChardevID, socket), nil); err != nil {
+	// The shim connects and hands QEMU the connection: QEMU, in its empty
+	// root as its own user, could not reach the socket.
+	if err := i.passConnection(ctx, i.virtiofsdSocket(), shareChardevID); err != nil {
+		return fmt.Errorf("connect to virtiofsd: %w", err)
+	}
+	if err := i.qmp.Run(ctx, "chardev-add", fdChardevAdd(shareChardevID, shareChardevID), nil); err != nil {
+		i.qmp.Run(context.WithoutCancel(ctx), "closefd", fdName{FDName: shareChardevID}, nil)
 		return fmt.Errorf("connect to virtiofsd: %w", err)
 	}
 	dev := shareDeviceAdd{Driver: "vhost-user-fs-pci", ID: shareDeviceID, Chardev: shareChardevID, Tag: ShareTag, Bus: cmdline.HotplugPortName(port)}
@@ -234,6 +240,23 @@ func (i *Instance) plugShare(ctx context.Context) error {
 	}
 	i.hp.ports[port] = shareDeviceID
 	return nil
+}
+
+// passConnection connects to the Unix socket at path and hands QEMU the
+// connection as name (getfd).
+func (i *Instance) passConnection(ctx context.Context, path, name string) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	f, err := c.(*net.UnixConn).File()
+	if err != nil {
+		return err
+	}
+	defer f.Close() // QEMU has its own copy once getfd returns
+	return i.qmp.RunWithFile(ctx, "getfd", fdName{FDName: name}, nil, f)
 }
 
 // ErrRestore marks a failure to restore a saved state (QEMU could not load

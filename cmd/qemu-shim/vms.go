@@ -82,6 +82,9 @@ func inspect(args []string) error {
 	for key, cmd := range map[string]string{
 		"status": "query-status", "cpus": "query-cpus-fast", "memory": "query-memory-size-summary",
 		"memory_devices": "query-memory-devices", "block": "query-block", "version": "query-version",
+		// QEMU opens hot-plugged disks from descriptors the shim passed
+		// (/dev/fdset/N in "block"); each set names its image.
+		"fdsets": "query-fdsets",
 	} {
 		var out any
 		if err := m.Run(ctx, cmd, nil, &out); err != nil {

@@ -69,6 +69,10 @@ type VM struct {
 	// AllowUnconfined lets QEMU run where it cannot be confined (no
 	// seccomp in this QEMU, no setpriv to drop its capabilities).
 	AllowUnconfined bool `toml:"allow_unconfined"`
+	// QEMUUIDFirst and QEMUUIDCount are the user IDs QEMU runs as, one
+	// per VM (vm.Config's).
+	QEMUUIDFirst uint32 `toml:"qemu_uid_first"`
+	QEMUUIDCount uint32 `toml:"qemu_uid_count"`
 	// Virtiofsd serves the containers' bind mounts to the guest.
 	Virtiofsd string `toml:"virtiofsd"`
 	// OCIRuntime is the OCI runtime the guest runs containers under:

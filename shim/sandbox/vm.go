@@ -100,6 +100,8 @@ func vmConfig(cfg config.Config, name string, m config.Machine) vm.Config {
 		Debug:        cfg.VM.Debug,
 
 		AllowUnconfined: cfg.VM.AllowUnconfined,
+		QEMUUIDFirst:    cfg.VM.QEMUUIDFirst,
+		QEMUUIDCount:    cfg.VM.QEMUUIDCount,
 	}
 }
 

@@ -196,7 +196,7 @@ func leftovers(id string) []string {
 	}
 	if entries, err := os.ReadDir(daemon.VMStateRoot()); err == nil {
 		for _, e := range entries {
-			if e.Name() != vm.CIDLeaseDirName {
+			if !vm.StateRootEntry(e.Name()) {
 				out = append(out, "VM state directory "+e.Name())
 			}
 		}

@@ -140,7 +140,7 @@ func leftoversOf(d *ctrd.Daemon) []string {
 	}
 	if entries, err := os.ReadDir(d.VMStateRoot()); err == nil {
 		for _, e := range entries {
-			if e.Name() != vm.CIDLeaseDirName {
+			if !vm.StateRootEntry(e.Name()) {
 				out = append(out, "state directory: "+e.Name())
 			}
 		}

@@ -101,7 +101,7 @@ func leftovers() []string {
 	}
 	if entries, err := os.ReadDir(env.VMStateRoot()); err == nil {
 		for _, e := range entries {
-			if e.Name() != vm.CIDLeaseDirName {
+			if !vm.StateRootEntry(e.Name()) {
 				out = append(out, "state directory: "+e.Name())
 			}
 		}

@@ -3,10 +3,12 @@ package integration
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -391,4 +393,101 @@ func TestConsoleLog(t *testing.T) {
 	if tail := inst.ConsoleTail(vm.ConsoleTailBytes); len(tail) == 0 || len(tail) > vm.ConsoleTailBytes {
 		t.Errorf("console tail of %d bytes after shutdown", len(tail))
 	}
+}
+
+// QEMU runs as its VM's own user, chrooted into an empty directory, with no
+// capabilities, no new privileges and its seccomp filter; two VMs' QEMUs
+// have different users, and a disk hot-plugged later (which QEMU could not
+// open by path) still works.
+func TestQEMUConfinement(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("QEMU switches to a user of its own only when the shim is root")
+	}
+	root := t.TempDir()
+	const first = 1_600_000_000
+	edit := func(c *vm.Config) {
+		c.StateRoot, c.QEMUUIDFirst, c.QEMUUIDCount = root, first, 16
+	}
+	a := bootVM(t, func(c *vm.Config) { edit(c); c.ID = "confined-a" })
+	b := bootVM(t, func(c *vm.Config) { edit(c); c.ID = "confined-b" })
+	uids := map[string]bool{}
+	for _, inst := range []*vm.Instance{a, b} {
+		status := procStatus(t, inst.Pid())
+		uid := status["Uid"]
+		f := strings.Fields(uid)
+		if len(f) != 4 || f[0] == "0" || slices.ContainsFunc(f, func(s string) bool { return s != f[0] }) {
+			t.Errorf("QEMU of %s runs as uids %q, want one ID of the range for all four", inst.ID(), uid)
+		} else if n, _ := strconv.Atoi(f[0]); n < first || n >= first+16 {
+			t.Errorf("QEMU of %s runs as uid %d, outside %d-%d", inst.ID(), n, first, first+15)
+		}
+		if gid := strings.Fields(status["Gid"]); len(gid) != 4 || gid[0] != f[0] {
+			t.Errorf("QEMU of %s has gids %q, want its uid %s", inst.ID(), status["Gid"], f[0])
+		}
+		if g := status["Groups"]; strings.TrimSpace(g) != f[0] {
+			t.Errorf("QEMU of %s has groups %q, want only %s", inst.ID(), g, f[0])
+		}
+		uids[f[0]] = true
+		for _, k := range []string{"CapPrm", "CapEff", "CapInh", "CapAmb"} {
+			if status[k] != "0000000000000000" {
+				t.Errorf("QEMU of %s has %s %s, want none", inst.ID(), k, status[k])
+			}
+		}
+		if status["NoNewPrivs"] != "1" || status["Seccomp"] != "2" {
+			t.Errorf("QEMU of %s: NoNewPrivs %s, Seccomp %s; want 1 and 2 (filter)", inst.ID(), status["NoNewPrivs"], status["Seccomp"])
+		}
+		if dir, err := os.Readlink(fmt.Sprintf("/proc/%d/root", inst.Pid())); err != nil || dir != filepath.Join(root, vm.ChrootDirName) {
+			t.Errorf("QEMU of %s has root %q (%v), want %s", inst.ID(), dir, err, filepath.Join(root, vm.ChrootDirName))
+		}
+	}
+	if len(uids) != 2 {
+		t.Errorf("the two VMs' QEMUs share a user: %v", uids)
+	}
+	if entries, err := os.ReadDir(filepath.Join(root, vm.ChrootDirName)); err != nil || len(entries) != 0 {
+		t.Errorf("QEMU's root holds %v (%v), want nothing", entries, err)
+	}
+
+	// A writable disk plugged after QEMU switched user: the guest writes
+	// to it and the host reads what it wrote.
+	img := makeExt4(t, map[string]string{"hello.txt": "hello\n"})
+	ctx := testContext(t)
+	if err := a.AttachDisk(ctx, vm.Disk{ID: "rw1", Path: img}); err != nil {
+		t.Fatal(err)
+	}
+	agent := a.Agent()
+	if _, err := agent.MountBlock(ctx, &agentapi.MountBlockRequest{Serial: "rw1", Fstype: "ext4", Name: "rw", WaitMs: 20000}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := agent.ReadFile(ctx, &agentapi.ReadFileRequest{Mount: "rw", Path: "hello.txt"}); err != nil || string(got.Data) != "hello\n" {
+		t.Errorf("read %q, %v from the hot-plugged disk", got.GetData(), err)
+	}
+	if _, err := agent.UnmountBlock(ctx, &agentapi.UnmountBlockRequest{Name: "rw"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.DetachDisk(ctx, "rw1"); err != nil {
+		t.Fatal(err)
+	}
+	// QEMU let go of the image: nothing of it is open in QEMU any more.
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", a.Pid()))
+	for _, fd := range fds {
+		if target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", a.Pid(), fd.Name())); target == img {
+			t.Errorf("QEMU still holds %s open as descriptor %s after the detach", img, fd.Name())
+		}
+	}
+}
+
+// procStatus reads /proc/<pid>/status as key → value.
+func procStatus(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			m[k] = strings.TrimSpace(v)
+		}
+	}
+	return m
 }

@@ -75,7 +75,12 @@ func TestArgs(t *testing.T) {
 			{"-object", "memory-backend-ram,id=vmem0,size=1024M"}, {"-device", "virtio-mem-pci,id=vmemdev0,memdev=vmem0,requested-size=0"},
 		}, nil},
 		{"operator qmp", func(m *Machine) { m.OperatorQMPSocket = "/run/x/ops.sock" }, [][2]string{{"-qmp", "unix:/run/x/ops.sock,server=on,wait=off"}, {"-qmp", "unix:/run/x/qmp.sock,server=on,wait=off"}}, nil},
-		{"sandbox", func(m *Machine) { m.Sandbox = true }, [][2]string{{"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"}}, nil},
+		{"sandbox", func(m *Machine) { m.Sandbox = true }, [][2]string{{"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"}}, []string{"-runas", "-chroot"}},
+		// QEMU switches user itself, after its filter is in place.
+		{"own user", func(m *Machine) { m.Sandbox, m.RunAs, m.Chroot = true, "1500000007:1500000007", "/run/x/.qemu-root" }, [][2]string{
+			{"-runas", "1500000007:1500000007"}, {"-chroot", "/run/x/.qemu-root"},
+			{"-sandbox", "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"},
+		}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := base()
@@ -119,6 +124,7 @@ func TestValidate(t *testing.T) {
 		{func(m *Machine) { m.VsockCID = 5 }, "exactly one agent transport"},
 		{func(m *Machine) { m.Disks = []Disk{{ID: "d", Path: "/x", Serial: strings.Repeat("s", 21)}} }, "20 characters"},
 		{func(m *Machine) { m.Disks = []Disk{{ID: "d", Path: "/x", Format: "vmdk"}} }, "format"},
+		{func(m *Machine) { m.RunAs = "5:5" }, "chroot"},
 	} {
 		m := base()
 		tc.edit(&m)

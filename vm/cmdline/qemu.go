@@ -82,7 +82,12 @@ type Machine struct {
 	// VirtiofsSocket, when set, adds a vhost-user-fs device on virtiofsd's
 	// socket, which the guest mounts by VirtiofsTag.
 	VirtiofsSocket, VirtiofsTag string
-	Sandbox                     bool
+	// Sandbox turns on QEMU's seccomp filter.
+	Sandbox bool
+	// RunAs ("uid:gid"), when set, is the user QEMU switches to once it
+	// has opened what the command line names, after chrooting into
+	// Chroot. It must start as root to do so.
+	RunAs, Chroot string
 	// IncomingFD, when set, is an inherited descriptor of a saved VM state
 	// (QEMU's migration stream) that QEMU restores instead of booting; the
 	// guest runs once it is loaded.
@@ -146,6 +151,8 @@ func (m *Machine) Validate() error {
 		return errors.New("exactly one agent transport (a serial socket or a vsock CID) is needed")
 	case m.VsockCID != 0 && m.VsockCID < 3:
 		return fmt.Errorf("vsock CID %d is reserved", m.VsockCID)
+	case (m.RunAs == "") != (m.Chroot == ""):
+		return errors.New("a user to run as needs a directory to chroot into, and the other way round")
 	}
 	for _, d := range m.Disks {
 		if d.ID == "" || d.Path == "" {
@@ -268,8 +275,19 @@ func (m *Machine) Args() ([]string, error) {
 	if m.IncomingFD != 0 {
 		a = append(a, "-incoming", fmt.Sprintf("fd:%d", m.IncomingFD))
 	}
+	if m.RunAs != "" {
+		a = append(a, "-runas", m.RunAs, "-chroot", m.Chroot)
+	}
 	if m.Sandbox {
-		a = append(a, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
+		// The filter is in place before QEMU switches user, so it must let
+		// QEMU call setuid and setgid when it will. Once it has switched,
+		// QEMU holds no capability and cannot gain one (no_new_privs), so
+		// those calls can no longer raise it.
+		elevate := "deny"
+		if m.RunAs != "" {
+			elevate = "allow"
+		}
+		a = append(a, "-sandbox", "on,obsolete=deny,elevateprivileges="+elevate+",spawn=deny,resourcecontrol=deny")
 	}
 	return a, nil
 }

@@ -49,9 +49,10 @@ func Run(o Options) []Result {
 func confinement(binary string) Result {
 	if err := vm.CheckConfinement(binary); err != nil {
 		return Result{Name: "qemu confinement", Level: Fail, Detail: err.Error(),
-			Fix: "apt-get install qemu-system-x86 util-linux (or set vm.allow_unconfined = true)"}
+			Fix: "apt-get install qemu-system-x86 util-linux, run the shim as root (or set vm.allow_unconfined = true)"}
 	}
-	return Result{Name: "qemu confinement", Level: OK, Detail: "seccomp (-sandbox on) and no capabilities (" + vm.Setpriv + ")"}
+	return Result{Name: "qemu confinement", Level: OK, Detail: "seccomp (-sandbox on), no capabilities (" + vm.Setpriv + "), " +
+		"a user ID of its VM's own (vm.qemu_uid_first, vm.qemu_uid_count) chrooted into an empty directory"}
 }
 
 // virtiofsd checks for the daemon that shares bind mounts with the guest.
