@@ -107,6 +107,9 @@ type Config struct {
 	// AllowUnconfined lets QEMU start without its seccomp filter or with
 	// its capabilities, where this host cannot confine it (see confine).
 	AllowUnconfined bool
+	// ConsoleLogMaxBytes bounds each of console.log and its rotated copy
+	// (ConsoleLogMaxBytes when 0).
+	ConsoleLogMaxBytes int64
 	// QEMUUIDFirst and QEMUUIDCount are the IDs QEMU runs as (user and
 	// group alike, one per running VM; DefaultQEMUUIDFirst and
 	// DefaultQEMUUIDCount when the count is 0). No host user needs them.
@@ -189,6 +192,9 @@ func (c *Config) setDefaults() {
 	if c.BootTimeout == 0 {
 		c.BootTimeout = 60 * time.Second
 	}
+	if c.ConsoleLogMaxBytes == 0 {
+		c.ConsoleLogMaxBytes = ConsoleLogMaxBytes
+	}
 	if c.QEMUUIDCount == 0 {
 		c.QEMUUIDFirst, c.QEMUUIDCount = DefaultQEMUUIDFirst, DefaultQEMUUIDCount
 	}
@@ -226,6 +232,9 @@ func (c *Config) validate() error {
 	}
 	if c.TCGCacheMiB < 1 {
 		return bad("TCG translation cache %d MiB: want at least 1", c.TCGCacheMiB)
+	}
+	if c.ConsoleLogMaxBytes < 1024 {
+		return bad("console log bound %d bytes: want at least 1 KiB", c.ConsoleLogMaxBytes)
 	}
 	if last := uint64(c.QEMUUIDFirst) + uint64(c.QEMUUIDCount) - 1; c.QEMUUIDFirst == 0 || last >= 1<<32-1 {
 		return bad("QEMU's user IDs %d-%d: want a range above 0 and below 4294967295", c.QEMUUIDFirst, last)

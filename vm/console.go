@@ -20,7 +20,8 @@ import (
 const (
 	// ConsoleLogOldName is the previous console.log once it was rotated.
 	ConsoleLogOldName = ConsoleLogName + ".1"
-	// ConsoleLogMaxBytes bounds each of console.log and console.log.1.
+	// ConsoleLogMaxBytes bounds each of console.log and console.log.1
+	// unless Config.ConsoleLogMaxBytes says otherwise.
 	ConsoleLogMaxBytes = 1 << 20
 	// ConsoleTailBytes is how much of the console is kept in memory.
 	ConsoleTailBytes = 16 << 10
@@ -41,7 +42,7 @@ type console struct {
 
 // newConsole makes the socket pair: the returned file is QEMU's end, to be
 // inherited and closed once QEMU has started. Run starts draining.
-func newConsole(dir string) (*console, *os.File, error) {
+func newConsole(dir string, maxLogBytes int64) (*console, *os.File, error) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("console socket pair: %w", err)
@@ -53,7 +54,7 @@ func newConsole(dir string) (*console, *os.File, error) {
 		theirs.Close()
 		return nil, nil, fmt.Errorf("console socket: %w", err)
 	}
-	w := &cappedFile{path: filepath.Join(dir, ConsoleLogName), oldPath: filepath.Join(dir, ConsoleLogOldName), max: ConsoleLogMaxBytes}
+	w := &cappedFile{path: filepath.Join(dir, ConsoleLogName), oldPath: filepath.Join(dir, ConsoleLogOldName), max: maxLogBytes}
 	if err := w.rotate(); err != nil { // console.log exists from the start
 		c.Close()
 		theirs.Close()

@@ -80,7 +80,7 @@ func TestCappedFileRotates(t *testing.T) {
 // amount, and the tail is the end of what was written.
 func TestConsoleIsBounded(t *testing.T) {
 	dir := t.TempDir()
-	c, qemuEnd, err := newConsole(dir)
+	c, qemuEnd, err := newConsole(dir, ConsoleLogMaxBytes)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -227,7 +227,7 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	if err != nil {
 		return err
 	}
-	c, qemuConsole, err := newConsole(i.stateDir)
+	c, qemuConsole, err := newConsole(i.stateDir, i.cfg.ConsoleLogMaxBytes)
 	if err != nil {
 		for _, t := range taps {
 			t.Close()

@@ -50,22 +50,25 @@ type Template struct {
 
 // VM configures each VM.
 type VM struct {
-	Kernel       string   `toml:"kernel"`
-	Initrd       string   `toml:"initrd"`
-	Tools        string   `toml:"tools"`
-	QEMU         string   `toml:"qemu"`
-	Accel        string   `toml:"accel"`
-	Transport    string   `toml:"transport"`
-	CPUs         int      `toml:"cpus"`
-	MaxCPUs      int      `toml:"max_cpus"`
-	MemoryMiB    int      `toml:"memory_mib"`
-	MaxMemoryMiB int      `toml:"max_memory_mib"`
-	VirtioMemMiB int      `toml:"virtio_mem_mib"`
-	TCGCacheMiB  int      `toml:"tcg_cache_mib"`
-	BootTimeout  Duration `toml:"boot_timeout"`
-	StateRoot    string   `toml:"state_root"`
-	KernelParams []string `toml:"kernel_params"`
-	Debug        bool     `toml:"debug"`
+	Kernel       string `toml:"kernel"`
+	Initrd       string `toml:"initrd"`
+	Tools        string `toml:"tools"`
+	QEMU         string `toml:"qemu"`
+	Accel        string `toml:"accel"`
+	Transport    string `toml:"transport"`
+	CPUs         int    `toml:"cpus"`
+	MaxCPUs      int    `toml:"max_cpus"`
+	MemoryMiB    int    `toml:"memory_mib"`
+	MaxMemoryMiB int    `toml:"max_memory_mib"`
+	VirtioMemMiB int    `toml:"virtio_mem_mib"`
+	TCGCacheMiB  int    `toml:"tcg_cache_mib"`
+	// ConsoleLogMaxKiB bounds each of a VM's console.log and its rotated
+	// copy.
+	ConsoleLogMaxKiB int      `toml:"console_log_max_kib"`
+	BootTimeout      Duration `toml:"boot_timeout"`
+	StateRoot        string   `toml:"state_root"`
+	KernelParams     []string `toml:"kernel_params"`
+	Debug            bool     `toml:"debug"`
 	// AllowUnconfined lets QEMU run where it cannot be confined (no
 	// seccomp in this QEMU, no setpriv to drop its capabilities).
 	AllowUnconfined bool `toml:"allow_unconfined"`
@@ -175,6 +178,8 @@ func (c *Config) Validate() error {
 		return bad("vm.virtio_mem_mib %d: want 0 or an even number", v.VirtioMemMiB)
 	case v.TCGCacheMiB < 1:
 		return bad("vm.tcg_cache_mib %d: want at least 1", v.TCGCacheMiB)
+	case v.ConsoleLogMaxKiB < 1:
+		return bad("vm.console_log_max_kib %d: want at least 1", v.ConsoleLogMaxKiB)
 	case v.Accel != "auto" && v.Accel != "kvm" && v.Accel != "tcg":
 		return bad("vm.accel %q: want auto, kvm or tcg", v.Accel)
 	case v.Transport != "auto" && v.Transport != "vsock" && v.Transport != "serial":

@@ -157,7 +157,7 @@ func StartWith(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 	}
 	d.Socket = filepath.Join(d.Run, "containerd.sock")
 	guest := d.bin("build/guest")
-	shimConfig := filepath.Join(d.Work, "qemu-shim.toml")
+	shimConfig := d.ShimConfig()
 	vmExtra := ""
 	if o.OCIRuntime != "" {
 		vmExtra = fmt.Sprintf("oci_runtime = %q\n", o.OCIRuntime)
@@ -415,6 +415,9 @@ func (d *Daemon) ImportBusybox(ctx context.Context, ref string, extraLayers int)
 	}
 	return img, nil
 }
+
+// ShimConfig is the shim's configuration file.
+func (d *Daemon) ShimConfig() string { return filepath.Join(d.Work, "qemu-shim.toml") }
 
 // LayerCache is the shim's cache of converted layers.
 func (d *Daemon) LayerCache() string { return filepath.Join(d.Work, "layers") }

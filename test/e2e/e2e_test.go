@@ -19,6 +19,7 @@ import (
 
 	"github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -28,6 +29,7 @@ import (
 	"github.com/qemu-shim/qemu-shim/internal/syncutil"
 	"github.com/qemu-shim/qemu-shim/shim/bundle"
 	"github.com/qemu-shim/qemu-shim/test/ctrd"
+	"github.com/qemu-shim/qemu-shim/vm"
 )
 
 type ctr struct {
@@ -557,6 +559,84 @@ func TestGuestMemoryExhausted(t *testing.T) {
 	if status, _ := c.finish(ctx); status != 137 {
 		t.Errorf("exit %d after exhausting the guest's memory, want 137", status)
 	}
+}
+
+// TestConsoleFlood: a container that writes to the guest's serial console
+// (ttyS0) as fast as it can costs the host no more than the configured
+// bound on the console log, and its exit is reported as any other.
+func TestConsoleFlood(t *testing.T) {
+	ctx := requireEnv(t)
+	const maxKiB, floodBytes = 8, 64 << 10
+	base, err := os.ReadFile(env.ShimConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "flood.toml")
+	if err := os.WriteFile(cfg, bytes.Replace(base, []byte("[vm]\n"), []byte(fmt.Sprintf("[vm]\nconsole_log_max_kib = %d\n", maxKiB)), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := env.client.NewContainer(ctx, "flood", containerd.WithImage(env.image),
+		containerd.WithNewSnapshot("flood-snap", env.image),
+		containerd.WithRuntime(runtimeName, &runtimeoptions.Options{ConfigPath: cfg}),
+		containerd.WithNewSpec(oci.WithImageConfig(env.image), withGuestConsole,
+			oci.WithProcessArgs("sh", "-c", fmt.Sprintf("head -c %d /dev/zero | tr '\\0' x > /dev/ttyS0 && echo flooded", floodBytes))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Delete(context.WithoutCancel(ctx), containerd.WithSnapshotCleanup)
+	out := &syncutil.Buffer{}
+	task, err := c.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, out, out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill)
+	exitC, err := task.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case st := <-exitC:
+		if st.ExitCode() != 0 || out.String() != "flooded\n" {
+			t.Errorf("flooding container: exit %d, output %q", st.ExitCode(), out.String())
+		}
+	case <-ctx.Done():
+		t.Fatalf("no exit while flooding the console: %v", ctx.Err())
+	}
+	// The VM lives until the task is deleted: its console log is bounded,
+	// and rotated, so more than the bound reached the host.
+	var sizes []int64
+	for _, name := range []string{vm.ConsoleLogName, vm.ConsoleLogOldName} {
+		st, err := os.Stat(filepath.Join(vmDir("flood"), name))
+		if err != nil {
+			t.Fatalf("console log after a %d KiB flood: %v", floodBytes>>10, err)
+		}
+		if st.Size() > maxKiB<<10 {
+			t.Errorf("%s is %d bytes, above the %d KiB bound", name, st.Size(), maxKiB)
+		}
+		sizes = append(sizes, st.Size())
+	}
+	t.Logf("console.log %d bytes, console.log.1 %d bytes after a %d KiB flood", sizes[0], sizes[1], floodBytes>>10)
+	if _, err := task.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(vmDir("flood")); !os.IsNotExist(err) {
+		t.Errorf("the VM's state directory is left after delete: %v", err)
+	}
+}
+
+// withGuestConsole gives the container the guest's console (c 5:1, which
+// every guest has; the VM's is its first serial port) as /dev/ttyS0.
+func withGuestConsole(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
+	major, minor, mode := int64(5), int64(1), os.FileMode(0o620)
+	s.Linux.Devices = append(s.Linux.Devices, specs.LinuxDevice{Path: "/dev/ttyS0", Type: "c", Major: major, Minor: minor, FileMode: &mode})
+	if s.Linux.Resources == nil {
+		s.Linux.Resources = &specs.LinuxResources{}
+	}
+	s.Linux.Resources.Devices = append(s.Linux.Resources.Devices, specs.LinuxDeviceCgroup{Allow: true, Type: "c", Major: &major, Minor: &minor, Access: "rw"})
+	return nil
 }
 
 // TestHungGuest: a guest that no longer answers (its QEMU stopped, as a
