@@ -458,7 +458,8 @@ func (i *Instance) openTaps() ([]*os.File, error) {
 }
 
 // CommandLine returns the QEMU arguments Start would use, without starting
-// anything; for operators and benchmarks. The instance stays New.
+// anything; for operators and benchmarks. The instance stays New; only the
+// empty directory QEMU chroots into is made, if missing.
 func (i *Instance) CommandLine() ([]string, error) {
 	if err := i.state.require(i.cfg.ID, "show the command line", StateNew); err != nil {
 		return nil, err
@@ -469,9 +470,13 @@ func (i *Instance) CommandLine() ([]string, error) {
 		return nil, err
 	}
 	defer link.release()
-	// Shown as Start would confine it where it can, with the first user ID.
+	// Shown as Start would confine it where it can, with the first user ID;
+	// the empty root is made, so that the command line runs as it is.
 	conf, _ := confine(i.cfg, false)
 	if conf.chroot != "" {
+		if err := makeEmptyRoot(conf.chroot); err != nil {
+			return nil, err
+		}
 		conf.user = &lease.Lease{N: i.cfg.QEMUUIDFirst}
 	}
 	m, err := i.machine(accel, link, conf)
