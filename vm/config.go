@@ -31,7 +31,8 @@ const (
 // StateRootEntry says whether name is one of the state root's own entries
 // rather than a VM's state directory.
 func StateRootEntry(name string) bool {
-	return name == CIDLeaseDirName || name == UIDLeaseDirName || name == ChrootDirName
+	return name == CIDLeaseDirName || name == UIDLeaseDirName || name == ChrootDirName || name == QEMUFeaturesName ||
+		strings.HasPrefix(name, QEMUFeaturesName+".") // one being written
 }
 
 // The user and group IDs QEMU runs as by default: one per VM, from a range

@@ -132,3 +132,40 @@ func TestUnconfinedQEMUIsRefused(t *testing.T) {
 		t.Errorf("setpriv is here but QEMU keeps its capabilities")
 	}
 }
+
+// What QEMU can do is asked once per binary and kept in the state root: a
+// later shim reads it, and a replaced binary is asked again.
+func TestQEMUFeaturesAreKept(t *testing.T) {
+	dir, root := t.TempDir(), t.TempDir()
+	qemu := filepath.Join(dir, "qemu")
+	asked := filepath.Join(dir, "asked")
+	script := func(help string) {
+		os.Remove(qemu)
+		os.WriteFile(qemu, []byte("#!/bin/sh\necho x >> "+asked+"\necho '"+help+"'\n"), 0o755)
+	}
+	forget := func() {
+		sandboxMu.Lock()
+		delete(sandboxCache, qemu)
+		sandboxMu.Unlock()
+	}
+	times := func() int {
+		b, _ := os.ReadFile(asked)
+		return strings.Count(string(b), "x")
+	}
+	script("-sandbox on[,obsolete=allow|deny]")
+	if !sandboxSupported(qemu, root) || times() != 1 {
+		t.Fatalf("first probe: asked %d times", times())
+	}
+	forget() // as a new shim process would
+	if !sandboxSupported(qemu, root) || times() != 1 {
+		t.Errorf("second shim asked QEMU again (%d times in all)", times())
+	}
+	if !StateRootEntry(QEMUFeaturesName) {
+		t.Errorf("%s is taken for a VM's state directory", QEMUFeaturesName)
+	}
+	forget()
+	script("no seccomp here")
+	if sandboxSupported(qemu, root) || times() != 2 {
+		t.Errorf("a replaced QEMU: asked %d times in all, want 2, and no sandbox", times())
+	}
+}

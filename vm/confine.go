@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -39,7 +40,7 @@ type confinement struct {
 func confine(cfg Config, leaseUser bool) (confinement, error) {
 	var c confinement
 	var missing []string
-	if sandboxSupported(cfg.QEMU) {
+	if sandboxSupported(cfg.QEMU, cfg.StateRoot) {
 		c.seccomp = true
 	} else {
 		missing = append(missing, cfg.QEMU+" has no seccomp filter (-sandbox)")
@@ -141,15 +142,67 @@ var (
 	sandboxCache = map[string]bool{}
 )
 
-// sandboxSupported says whether this QEMU was built with seccomp (-sandbox).
-func sandboxSupported(qemu string) bool {
+// sandboxSupported says whether this QEMU was built with seccomp
+// (-sandbox). Asking QEMU means starting it (60 ms here, on every VM's
+// start), so the answer is kept, per process and, when stateRoot is
+// set, in stateRoot's QEMUFeaturesName for the binary's identity (a
+// QEMU replaced or upgraded is asked again).
+func sandboxSupported(qemu, stateRoot string) bool {
 	sandboxMu.Lock()
 	defer sandboxMu.Unlock()
 	if v, ok := sandboxCache[qemu]; ok {
 		return v
 	}
-	out, _ := execOutput(qemu, "-help")
+	var identity, cache string
+	if path, err := exec.LookPath(qemu); err == nil && stateRoot != "" {
+		if id, err := fileIdentity(path); err == nil {
+			identity, cache = id, filepath.Join(stateRoot, QEMUFeaturesName)
+		}
+	}
+	if cache != "" {
+		var f qemuFeatures
+		if b, err := os.ReadFile(cache); err == nil && json.Unmarshal(b, &f) == nil && f.Identity == identity {
+			sandboxCache[qemu] = f.Sandbox
+			return f.Sandbox
+		}
+	}
+	out, err := execOutput(qemu, "-help")
 	v := strings.Contains(out, "-sandbox on")
 	sandboxCache[qemu] = v
+	if cache != "" && err == nil {
+		writeFeatures(cache, qemuFeatures{Identity: identity, Sandbox: v})
+	}
 	return v
+}
+
+// QEMUFeaturesName is the state root's file of what the QEMU binary in
+// use can do (see sandboxSupported).
+const QEMUFeaturesName = ".qemu-features"
+
+// qemuFeatures is what a QEMU binary, named by its identity, can do.
+type qemuFeatures struct {
+	Identity string `json:"identity"`
+	Sandbox  bool   `json:"sandbox"`
+}
+
+// writeFeatures replaces the features file whole (a reader sees the old
+// or the new one); failing is harmless: QEMU is asked again next time.
+func writeFeatures(path string, f qemuFeatures) {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
+		return
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), QEMUFeaturesName+".*")
+	if err != nil {
+		return
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil || tmp.Close() != nil {
+		tmp.Close()
+		return
+	}
+	os.Rename(tmp.Name(), path)
 }

@@ -49,8 +49,9 @@ type Sandbox interface {
 	// Stage puts a container's bind mounts in the VM's share and returns
 	// the mounts as the guest sees them.
 	Stage(id string, mounts []specs.Mount) ([]specs.Mount, error)
-	// Release gives back what a container holds: its disks, its staged
-	// mounts and, when it wired the network and is the VM's last
+	// Release gives back what a container holds: its disks (left plugged
+	// in for the VM's last container, since the VM stops next), its
+	// staged mounts and, when it wired the network and is the VM's last
 	// container, the network. Best effort: failures are logged.
 	Release(ctx context.Context, id string, last bool)
 

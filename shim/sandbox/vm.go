@@ -178,10 +178,14 @@ func (v *VM) end(ctx context.Context, how func(context.Context) error) error {
 	return v.stopErr
 }
 
-// Release gives back what container id holds.
+// Release gives back what container id holds. The last container's
+// layers stay plugged in: the VM stops next, and the guest let go of them
+// when it deleted the container (its mounts, synced), so unplugging them
+// one by one would only delay the stop (by about 0.12 s under TCG).
+// Operator disks are still detached: the guest may have one mounted.
 func (v *VM) Release(ctx context.Context, id string, last bool) {
 	v.releaseOperatorDisks(ctx, id)
-	v.disks.release(ctx, id, v.running())
+	v.disks.release(ctx, id, v.running() && !last)
 	v.netMu.Lock()
 	if v.net != nil && v.net.owner == id && last {
 		// The VM's last container: its cards go before the poststop
