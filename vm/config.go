@@ -118,10 +118,13 @@ type Config struct {
 	// SharedMemory puts the guest's RAM in shared memory even without a
 	// Share; a Share implies it.
 	SharedMemory bool
-	// Restore, when set, is a state file SaveState wrote for a VM of the
+	// Restore, when set, is a directory SaveState wrote for a VM of the
 	// same ShapeKey: Start restores it instead of booting the kernel, then
 	// reseeds the guest and plugs in the share, if any.
 	Restore string
+	// ForTemplate boots the VM to be saved (SaveState): its RAM lives in a
+	// memory file of the shim's, which SaveState writes out.
+	ForTemplate bool
 }
 
 // Disk is a disk image handed to the guest. The guest finds it by ID, which

@@ -78,6 +78,9 @@ type Instance struct {
 	hp hotplugState
 	// resumed is set once a restored guest runs (see resumeRestored).
 	resumed atomic.Bool
+	// memory is the guest's RAM while a VM to be saved runs (see
+	// hasMemoryFile); closed at cleanup.
+	memory *os.File
 
 	cleanupOnce sync.Once
 	cleanupDone chan struct{}
@@ -237,15 +240,34 @@ func (i *Instance) Start(ctx context.Context) (retErr error) {
 	i.console = c
 	go c.run()
 	// The descriptors QEMU inherits, from 3 on (see consoleFD, firstTapFD),
-	// then the state to restore.
+	// then the guest's memory file and the state to restore.
 	inherited := append([]*os.File{qemuConsole}, taps...)
-	if i.cfg.Restore != "" {
-		state, err := os.Open(i.cfg.Restore)
+	if i.cfg.hasMemoryFile() {
+		mem, err := i.openMemory(ctx)
 		if err != nil {
 			for _, f := range inherited {
 				f.Close()
 			}
-			return fmt.Errorf("vm %s: open the state to restore: %w", i.cfg.ID, err)
+			return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
+		}
+		inherited = append(inherited, mem)
+		if i.cfg.ForTemplate {
+			// Kept to be saved; QEMU has its own descriptor.
+			if i.memory, err = dupFile(mem); err != nil {
+				for _, f := range inherited {
+					f.Close()
+				}
+				return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
+			}
+		}
+	}
+	if i.cfg.Restore != "" {
+		state, err := os.Open(filepath.Join(i.cfg.Restore, SavedStateName))
+		if err != nil {
+			for _, f := range inherited {
+				f.Close()
+			}
+			return fmt.Errorf("vm %s: open the state to restore: %w: %w", i.cfg.ID, ErrRestore, err)
 		}
 		inherited = append(inherited, state)
 	}
@@ -434,12 +456,17 @@ func (i *Instance) machine(accel cmdline.Accel, link agentLink, conf confinement
 		// A restored VM gets its share plugged in (the template had none).
 		m.VirtiofsSocket, m.VirtiofsTag = i.virtiofsdSocket(), ShareTag
 	}
-	if i.cfg.Restore != "" {
-		// The state file follows the console and the taps (see Start).
-		m.IncomingFD = firstTapFD + len(i.cfg.NICs)
+	// The memory file follows the console and the taps (see Start), then
+	// the state file (incomingFD).
+	if i.cfg.hasMemoryFile() {
+		m.MemoryFD = firstTapFD + len(i.cfg.NICs)
 	}
+	m.IncomingDefer = i.cfg.Restore != ""
 	return m, nil
 }
+
+// incomingFD is QEMU's descriptor of the state it restores (see Start).
+func (i *Instance) incomingFD() int { return firstTapFD + len(i.cfg.NICs) + 1 }
 
 // openTaps opens the boot NICs' taps, in order, for QEMU to inherit.
 func (i *Instance) openTaps() ([]*os.File, error) {

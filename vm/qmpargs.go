@@ -213,3 +213,13 @@ type shareDeviceAdd struct {
 	Tag     string `json:"tag"`
 	Bus     string `json:"bus"`
 }
+
+// migrateSetCapabilities turns migration capabilities on or off.
+type migrateSetCapabilities struct {
+	Capabilities []migrationCapability `json:"capabilities"`
+}
+
+type migrationCapability struct {
+	Capability string `json:"capability"`
+	State      bool   `json:"state"`
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -76,8 +77,9 @@ func ShapeKey(cfg Config) (string, error) {
 	if err := cfg.Templatable(); err != nil {
 		return "", err
 	}
-	// Where the memory lives and what is restored are the host's.
-	cfg.Share, cfg.Restore, cfg.SharedMemory = nil, "", false
+	// Where the memory lives and what is restored are the host's; the
+	// template's RAM is in a memory file, like every restored VM's.
+	cfg.Share, cfg.Restore, cfg.SharedMemory, cfg.ForTemplate = nil, "", false, true
 	i := &Instance{cfg: cfg, stateDir: templateStateDir}
 	accel, kind := i.resolve()
 	var link agentLink = &serialLink{socket: templateStateDir + "/" + agentSocketName}
@@ -95,7 +97,7 @@ func ShapeKey(cfg Config) (string, error) {
 		return "", err
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "qemu-shim template v1\n%s\n", strings.Join(args, "\x00"))
+	fmt.Fprintf(h, "qemu-shim template v2\n%s\n", strings.Join(args, "\x00"))
 	qemu, err := exec.LookPath(cfg.QEMU)
 	if err != nil {
 		return "", fmt.Errorf("QEMU %s: %w", cfg.QEMU, err)
@@ -139,15 +141,25 @@ func (placeholderVsock) release()                   {}
 func (i *Instance) Restored() bool { return i.cfg.Restore != "" }
 
 // SaveState readies the guest (Prepare), lets go of it so that it waits for
-// the next host, pauses it and writes its state to f. QEMU stays paused
-// afterwards: the caller ends it (Kill). The VM must be templatable.
-func (i *Instance) SaveState(ctx context.Context, f *os.File) error {
+// the next host, pauses it and writes its state into dir (SavedStateName
+// and SavedMemoryName), which must exist. QEMU stays paused afterwards:
+// the caller ends it (Kill). The VM must be templatable and started
+// ForTemplate.
+func (i *Instance) SaveState(ctx context.Context, dir string) error {
 	if err := i.state.require(i.cfg.ID, "save its state", StateRunning); err != nil {
 		return err
 	}
 	if err := i.cfg.Templatable(); err != nil {
 		return fmt.Errorf("vm %s: %w", i.cfg.ID, err)
 	}
+	if i.memory == nil {
+		return fmt.Errorf("vm %s: save its state: it was not started ForTemplate: %w", i.cfg.ID, errdefs.ErrFailedPrecondition)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, SavedStateName), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("vm %s: save state: %w", i.cfg.ID, err)
+	}
+	defer f.Close()
 	ctx, cancel := context.WithTimeout(ctx, saveTimeout)
 	defer cancel()
 	if _, err := i.TaskClient(ctx); err != nil {
@@ -155,6 +167,9 @@ func (i *Instance) SaveState(ctx context.Context, f *os.File) error {
 	}
 	if _, err := i.agent.Prepare(ctx, &agentapi.PrepareRequest{}); err != nil {
 		return fmt.Errorf("vm %s: prepare the guest: %w", i.cfg.ID, err)
+	}
+	if err := i.waitReported(ctx); err != nil {
+		return fmt.Errorf("vm %s: wait for the guest's free memory: %w", i.cfg.ID, err)
 	}
 	// The guest must be waiting for a host when it is saved, as it waits at
 	// boot, so that a restored copy greets its new host the same way.
@@ -171,6 +186,9 @@ func (i *Instance) SaveState(ctx context.Context, f *os.File) error {
 	if err := i.qmp.Run(ctx, "stop", nil, nil); err != nil {
 		return fmt.Errorf("vm %s: pause: %w", i.cfg.ID, err)
 	}
+	if err := i.ignoreShared(ctx); err != nil {
+		return fmt.Errorf("vm %s: leave the guest's memory out of its saved state: %w", i.cfg.ID, err)
+	}
 	if err := i.qmp.RunWithFile(ctx, "getfd", fdName{FDName: "migration"}, nil, f); err != nil {
 		return fmt.Errorf("vm %s: pass the state file to QEMU: %w", i.cfg.ID, err)
 	}
@@ -184,7 +202,14 @@ func (i *Instance) SaveState(ctx context.Context, f *os.File) error {
 		}
 		switch st.Status {
 		case "completed":
-			log.G(ctx).WithField("vm", i.cfg.ID).WithField("bytes", st.RAM.Transferred).Info("VM state saved")
+			if err := f.Sync(); err != nil {
+				return fmt.Errorf("vm %s: save state: %w", i.cfg.ID, err)
+			}
+			n, err := i.saveMemory(dir)
+			if err != nil {
+				return err
+			}
+			log.G(ctx).WithField("vm", i.cfg.ID).WithField("state_bytes", st.RAM.Transferred).WithField("memory_bytes", n).Info("VM state saved")
 			return nil
 		case "failed", "cancelled":
 			return fmt.Errorf("vm %s: save state: migration %s: %s", i.cfg.ID, st.Status, st.ErrorDesc)
@@ -271,6 +296,12 @@ func (i *Instance) resumeRestored(ctx context.Context) error {
 	defer func() {
 		log.G(ctx).WithField("vm", i.cfg.ID).WithField("took", time.Since(begin)).Debug("saved state loaded")
 	}()
+	if err := i.ignoreShared(ctx); err != nil {
+		return fmt.Errorf("%w: leave the guest's memory out of the stream: %w", ErrRestore, err)
+	}
+	if err := i.qmp.Run(ctx, "migrate-incoming", migrate{URI: fmt.Sprintf("fd:%d", i.incomingFD())}, nil); err != nil {
+		return fmt.Errorf("%w: load the state: %w", ErrRestore, err)
+	}
 	for {
 		var st struct {
 			Status string `json:"status"`

@@ -109,6 +109,9 @@ func (i *Instance) cleanup(ctx context.Context) {
 			i.link.release()
 		}
 		i.confinement.release()
+		if i.memory != nil {
+			i.memory.Close()
+		}
 		i.stopVirtiofsd()
 		if i.console != nil {
 			i.console.stop()

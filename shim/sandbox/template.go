@@ -63,17 +63,15 @@ func restore(ctx context.Context, cfg config.Config, vcfg vm.Config) (*vm.Instan
 		return nil, err
 	}
 	store := TemplateStore(cfg)
-	state, err := store.Get(ctx, t)
+	saved, err := store.Get(ctx, t)
 	if err != nil {
 		return nil, err
 	}
-	// The VM's own name, state root and share, the template's shape.
+	// The VM's own name, state root and share, the template's shape. Its
+	// memory is a file of the shim's, shared with QEMU (and virtiofsd).
 	vcfg.CPUs, vcfg.MaxCPUs, vcfg.MemoryMiB, vcfg.MaxMemoryMiB, vcfg.VirtioMemMiB =
 		t.CPUs, t.MaxCPUs, t.MemoryMiB, t.MaxMemoryMiB, t.VirtioMemMiB
-	// Private memory loads faster; a share (plugged in after the restore)
-	// needs it shared.
-	vcfg.SharedMemory = vcfg.Share != nil
-	vcfg.Restore = state
+	vcfg.Restore = saved
 	vcfg.BootTimeout = min(vcfg.BootTimeout, restoreTimeout)
 	inst, err := vm.New(vcfg)
 	if err != nil {
@@ -81,11 +79,11 @@ func restore(ctx context.Context, cfg config.Config, vcfg vm.Config) (*vm.Instan
 	}
 	if err := inst.Start(ctx); err != nil {
 		if errors.Is(err, vm.ErrRestore) {
-			if merr := store.MarkBroken(state, err.Error()); merr != nil {
+			if merr := store.MarkBroken(saved, err.Error()); merr != nil {
 				log.G(ctx).WithError(merr).Warn("mark the template broken")
 			}
 		}
-		return nil, fmt.Errorf("restore from template %s: %w", state, err)
+		return nil, fmt.Errorf("restore from template %s: %w", saved, err)
 	}
 	return inst, nil
 }

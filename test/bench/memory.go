@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/qemu-shim/qemu-shim/internal/busybox"
@@ -274,6 +275,10 @@ func sumMem(pattern string) procMem {
 	for _, f := range strings.Fields(string(out)) {
 		pid, _ := strconv.Atoi(f)
 		p := readSmapsRollup(pid)
+		// Pages of its memory files that no mapping holds yet (a restored
+		// guest's saved pages before it touches them) are its too.
+		un := unmappedMemfdKiB(pid)
+		p.pss, p.pssShmem = p.pss+un, p.pssShmem+un
 		t.pss += p.pss
 		t.pssAnon += p.pssAnon
 		t.pssShmem += p.pssShmem
@@ -337,4 +342,52 @@ func readSmapsRollup(pid int) procMem {
 		}
 	}
 	return p
+}
+
+// unmappedMemfdKiB is how much of the memory files (memfd) a process holds
+// open is resident but not mapped by it, so not in its PSS.
+func unmappedMemfdKiB(pid int) int {
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	allocated := map[string]int{}
+	for _, fd := range fds {
+		path := fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())
+		target, err := os.Readlink(path)
+		if err != nil || !strings.HasPrefix(target, "/memfd:") {
+			continue
+		}
+		var st syscall.Stat_t
+		if syscall.Stat(path, &st) == nil {
+			allocated[target] = int(st.Blocks / 2)
+		}
+	}
+	if len(allocated) == 0 {
+		return 0
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	mapped := map[string]int{}
+	name := ""
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 5 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
+			name = ""
+			if len(fields) >= 6 {
+				name = strings.Join(fields[5:], " ")
+			}
+			continue
+		}
+		if name != "" && len(fields) >= 2 && fields[0] == "Rss:" {
+			n, _ := strconv.Atoi(fields[1])
+			mapped[name] += n
+		}
+	}
+	total := 0
+	for target, kib := range allocated {
+		total += max(0, kib-mapped[target])
+	}
+	return total
 }

@@ -1,11 +1,13 @@
 package integration
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,27 +26,25 @@ func TestSnapshotRestore(t *testing.T) {
 	t.Parallel()
 	guestimage.Require(t)
 	ctx := testContext(t)
-	// The template in private memory, one clone in shared memory.
-	templatable := func(c *vm.Config) {}
-
-	tmpl := bootVM(t, templatable)
-	state := filepath.Join(t.TempDir(), "state")
-	f, err := os.Create(state)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tmpl := bootVM(t, func(c *vm.Config) { c.ForTemplate = true })
+	saved := t.TempDir()
 	begin := time.Now()
-	if err := tmpl.SaveState(ctx, f); err != nil {
+	if err := tmpl.SaveState(ctx, saved); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
 	t.Logf("saved in %v", time.Since(begin))
 	if err := tmpl.Kill(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := os.Stat(state); err != nil || st.Size() == 0 {
+	if st, err := os.Stat(filepath.Join(saved, vm.SavedStateName)); err != nil || st.Size() == 0 {
 		t.Fatalf("state file: %v, %v", st, err)
 	}
+	// The saved memory holds what the guest wrote, not its whole RAM.
+	memSize, memData := fileBlocks(t, filepath.Join(saved, vm.SavedMemoryName))
+	if memSize != int64(tmpl.MemoryMiB())<<20 || memData == 0 || memData > memSize/2 {
+		t.Fatalf("saved memory: %d bytes of data in a file of %d, for a guest of %d MiB", memData, memSize, tmpl.MemoryMiB())
+	}
+	t.Logf("saved memory: %d MiB of data", memData>>20)
 
 	dir := t.TempDir()
 	layer, err := rig.BusyboxLayer(dir)
@@ -60,15 +60,19 @@ func TestSnapshotRestore(t *testing.T) {
 			defer wg.Done()
 			began := time.Now()
 			inst := bootVM(t, func(c *vm.Config) {
-				templatable(c)
 				c.SharedMemory = n == 1
 				c.ID += "-" + strconv.Itoa(n)
-				c.Restore = state
+				c.Restore = saved
 				c.AllowedDiskRoots = []string{dir}
 			})
 			t.Logf("clone %d: restored and adopted in %v", n, time.Since(began))
 			if !inst.Restored() {
 				t.Errorf("clone %d does not say it was restored", n)
+			}
+			// Restoring fills the clone's memory with the saved pages only:
+			// its QEMU holds about that much of the guest's RAM, not all.
+			if shmem := rssShmem(t, inst.Pid()); shmem > memData+32<<20 {
+				t.Errorf("clone %d: QEMU holds %d MiB of guest memory after the restore, the template saved %d MiB", n, shmem>>20, memData>>20)
 			}
 			if err := inst.AttachDisk(ctx, vm.Disk{ID: rig.LayerSerial, Path: layer, ReadOnly: true}); err != nil {
 				t.Error(err)
@@ -256,4 +260,34 @@ func TestTemplateStore(t *testing.T) {
 	if err := store.Remove("../etc"); err == nil {
 		t.Error("removed a template named ../etc")
 	}
+}
+
+// fileBlocks returns a file's size and how much of it is allocated.
+func fileBlocks(t *testing.T, path string) (size, data int64) {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Size, st.Blocks * 512
+}
+
+// rssShmem is the shared memory a process has resident (RssShmem).
+func rssShmem(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "RssShmem:"); ok {
+			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kib << 10
+		}
+	}
+	t.Fatalf("/proc/%d/status has no RssShmem", pid)
+	return 0
 }

@@ -68,6 +68,13 @@ func TestArgs(t *testing.T) {
 			{"-machine", "q35,memory-backend=ram0"}, {"-object", "memory-backend-memfd,id=ram0,size=512M,share=on"},
 			{"-chardev", "socket,id=virtiofs,path=/run/vm/virtiofs.sock"}, {"-device", "vhost-user-fs-pci,chardev=virtiofs,tag=share"},
 		}, nil},
+		// A VM saved or restored: its RAM in the host's memory file, all of
+		// its memory shared, the state given later (migrate-incoming).
+		{"memory file", func(m *Machine) { m.MemoryFD, m.VirtioMemMiB, m.IncomingDefer = 5, 1024, true }, [][2]string{
+			{"-object", "memory-backend-file,id=ram0,size=512M,mem-path=/proc/self/fd/5,share=on"},
+			{"-object", "memory-backend-memfd,id=vmem0,size=1024M,share=on"},
+			{"-incoming", "defer"},
+		}, nil},
 		{"scsi controller", func(m *Machine) { m.SCSIController = true }, [][2]string{
 			{"-device", "virtio-scsi-pci,id=scsi0"},
 		}, nil},
@@ -125,6 +132,7 @@ func TestValidate(t *testing.T) {
 		{func(m *Machine) { m.Disks = []Disk{{ID: "d", Path: "/x", Serial: strings.Repeat("s", 21)}} }, "20 characters"},
 		{func(m *Machine) { m.Disks = []Disk{{ID: "d", Path: "/x", Format: "vmdk"}} }, "format"},
 		{func(m *Machine) { m.RunAs = "5:5" }, "chroot"},
+		{func(m *Machine) { m.MemoryFD = 2 }, "memory file descriptor 2"},
 	} {
 		m := base()
 		tc.edit(&m)

@@ -88,11 +88,20 @@ type Machine struct {
 	// has opened what the command line names, after chrooting into
 	// Chroot. It must start as root to do so.
 	RunAs, Chroot string
-	// IncomingFD, when set, is an inherited descriptor of a saved VM state
-	// (QEMU's migration stream) that QEMU restores instead of booting; the
-	// guest runs once it is loaded.
-	IncomingFD int
+	// MemoryFD, when set, is an inherited descriptor of the file that holds
+	// the guest's RAM (shared with the host, so that the host can save it
+	// or fill it from a saved copy). Saved and restored states then leave
+	// all guest memory out of the migration stream (see IgnoreShared).
+	MemoryFD int
+	// IncomingDefer starts QEMU waiting for a saved state to restore
+	// instead of booting: migrate-incoming gives it the stream.
+	IncomingDefer bool
 }
+
+// IgnoreShared is the migration capability that leaves shared guest
+// memory out of the stream: a VM whose RAM is in a MemoryFD file saves and
+// restores that file beside the stream.
+const IgnoreShared = "x-ignore-shared"
 
 // MemoryBackend is the QEMU object type of guest memory: shared memory
 // (memfd, to be given share=on) when vhost-user devices need it.
@@ -139,12 +148,12 @@ func (m *Machine) Validate() error {
 		return errors.New("memory hot-plug needs at least one slot")
 	case m.Kernel == "":
 		return errors.New("no kernel")
-	case m.VirtiofsSocket != "" && !m.SharedMemory:
+	case m.VirtiofsSocket != "" && !m.sharedMemory():
 		return errors.New("virtio-fs needs the guest's memory shared")
 	case m.ConsoleFD < 0 || m.ConsoleFD > 0 && m.ConsoleFD < 3:
 		return fmt.Errorf("console descriptor %d: want an inherited one (3 or more)", m.ConsoleFD)
-	case m.IncomingFD < 0 || m.IncomingFD > 0 && m.IncomingFD < 3:
-		return fmt.Errorf("incoming state descriptor %d: want an inherited one (3 or more)", m.IncomingFD)
+	case m.MemoryFD < 0 || m.MemoryFD > 0 && m.MemoryFD < 3:
+		return fmt.Errorf("memory file descriptor %d: want an inherited one (3 or more)", m.MemoryFD)
 	case m.QMPSocket == "":
 		return errors.New("no QMP socket")
 	case (m.AgentSocket == "") == (m.VsockCID == 0):
@@ -195,14 +204,19 @@ func (m *Machine) Args() ([]string, error) {
 		mem += fmt.Sprintf(",slots=%d,maxmem=%dM", m.MemorySlots, m.MaxMemoryMiB)
 	}
 	a = append(a, "-m", mem)
-	if m.SharedMemory {
+	switch {
+	case m.MemoryFD != 0:
+		// QEMU opens the file before it chroots: its own descriptor's
+		// name then reaches the file the host gave it.
+		a = append(a, "-object", fmt.Sprintf("memory-backend-file,id=ram0,size=%dM,mem-path=/proc/self/fd/%d,share=on", m.MemoryMiB, m.MemoryFD))
+	case m.SharedMemory:
 		a = append(a, "-object", fmt.Sprintf("memory-backend-memfd,id=ram0,size=%dM,share=on", m.MemoryMiB))
-	} else {
+	default:
 		a = append(a, "-object", fmt.Sprintf("memory-backend-ram,id=ram0,size=%dM", m.MemoryMiB))
 	}
 	if m.VirtioMemMiB > 0 {
 		a = append(a,
-			"-object", fmt.Sprintf("%s,id=vmem0,size=%dM%s", MemoryBackend(m.SharedMemory), m.VirtioMemMiB, map[bool]string{true: ",share=on"}[m.SharedMemory]),
+			"-object", fmt.Sprintf("%s,id=vmem0,size=%dM%s", MemoryBackend(m.sharedMemory()), m.VirtioMemMiB, map[bool]string{true: ",share=on"}[m.sharedMemory()]),
 			"-device", "virtio-mem-pci,id=vmemdev0,memdev=vmem0,requested-size=0")
 	}
 	a = append(a, "-kernel", m.Kernel)
@@ -272,8 +286,8 @@ func (m *Machine) Args() ([]string, error) {
 	for i := 0; i < m.HotplugPorts; i++ {
 		a = append(a, "-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d,slot=%d", HotplugPortName(i), i+1, i+1))
 	}
-	if m.IncomingFD != 0 {
-		a = append(a, "-incoming", fmt.Sprintf("fd:%d", m.IncomingFD))
+	if m.IncomingDefer {
+		a = append(a, "-incoming", "defer")
 	}
 	if m.RunAs != "" {
 		a = append(a, "-runas", m.RunAs, "-chroot", m.Chroot)
@@ -291,6 +305,11 @@ func (m *Machine) Args() ([]string, error) {
 	}
 	return a, nil
 }
+
+// sharedMemory says whether all guest memory is shared with the host: a
+// VM whose RAM is in a MemoryFD file has its other memory shared too, so
+// that none of it is in a saved state's stream.
+func (m *Machine) sharedMemory() bool { return m.SharedMemory || m.MemoryFD != 0 }
 
 // accelOpts is the -accel option: the accelerator and its settings.
 func (m *Machine) accelOpts() string {

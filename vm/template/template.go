@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -29,7 +30,6 @@ const DefaultDir = "/var/lib/qemu-shim/templates"
 
 // Names inside a template's directory.
 const (
-	stateName  = "state"
 	infoName   = "template.json"
 	brokenName = "broken"
 	lockSuffix = ".lock"
@@ -57,7 +57,7 @@ type Info struct {
 	Built time.Time     `json:"built"`
 	Boot  time.Duration `json:"boot_ns"`
 	Save  time.Duration `json:"save_ns"`
-	// Bytes is the size of the saved state.
+	// Bytes is what the saved state takes on disk.
 	Bytes int64 `json:"bytes"`
 	// Kernel, Initrd, Tools and QEMU are what it was started from.
 	Kernel string `json:"kernel"`
@@ -74,7 +74,8 @@ type Info struct {
 	Broken string `json:"-"`
 }
 
-// Get returns the state file of the template for cfg's shape, building the
+// Get returns the directory of the template for cfg's shape (a saved VM
+// for vm.Config.Restore), building the
 // template first when there is none. cfg must be templatable (see
 // vm.Config.Templatable). A template marked broken is an error
 // (FailedPrecondition), not rebuilt: remove it to try again.
@@ -105,17 +106,17 @@ func (s *Store) Get(ctx context.Context, cfg vm.Config) (string, error) {
 	if err := s.build(ctx, cfg, key); err != nil {
 		return "", fmt.Errorf("build template %s: %w", key, err)
 	}
-	return filepath.Join(dir, stateName), nil
+	return dir, nil
 }
 
-// ready returns the state file of a built template, marking it used.
+// ready returns the directory of a built template, marking it used.
 func (s *Store) ready(key string) (string, error) {
 	dir := filepath.Join(s.Dir, key)
 	if b, err := os.ReadFile(filepath.Join(dir, brokenName)); err == nil {
 		return "", fmt.Errorf("template %s is broken (%s): remove it ('qemu-shim template rm %s') to build it again: %w",
 			key, strings.TrimSpace(string(b)), key, errdefs.ErrFailedPrecondition)
 	}
-	state := filepath.Join(dir, stateName)
+	state := filepath.Join(dir, vm.SavedStateName)
 	now := time.Now()
 	if err := os.Chtimes(state, now, time.Time{}); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -123,7 +124,7 @@ func (s *Store) ready(key string) (string, error) {
 		}
 		return "", fmt.Errorf("template %s: %w", key, err)
 	}
-	return state, nil
+	return dir, nil
 }
 
 // build boots a VM of cfg's shape, saves it and moves it into place.
@@ -140,7 +141,7 @@ func (s *Store) build(ctx context.Context, cfg vm.Config, key string) (retErr er
 		}
 	}()
 	cfg.ID = "template-" + key[:12]
-	cfg.Restore, cfg.Share = "", nil
+	cfg.Restore, cfg.Share, cfg.ForTemplate = "", nil, true
 	inst, err := vm.New(cfg)
 	if err != nil {
 		return err
@@ -153,22 +154,20 @@ func (s *Store) build(ctx context.Context, cfg vm.Config, key string) (retErr er
 	}
 	defer inst.Kill(context.WithoutCancel(ctx))
 	booted := time.Now()
-	f, err := os.OpenFile(filepath.Join(tmp, stateName), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
+	if err := inst.SaveState(ctx, tmp); err != nil {
 		return err
 	}
-	err = inst.SaveState(ctx, f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	var size int64
+	for _, name := range []string{vm.SavedStateName, vm.SavedMemoryName} {
+		st, err := os.Stat(filepath.Join(tmp, name))
+		if err != nil {
+			return err
+		}
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			size += sys.Blocks * 512
+		}
 	}
-	if err != nil {
-		return err
-	}
-	st, err := os.Stat(filepath.Join(tmp, stateName))
-	if err != nil {
-		return err
-	}
-	info := Info{Key: key, Built: time.Now(), Boot: booted.Sub(begin), Save: time.Since(booted), Bytes: st.Size(),
+	info := Info{Key: key, Built: time.Now(), Boot: booted.Sub(begin), Save: time.Since(booted), Bytes: size,
 		Kernel: cfg.Kernel, Initrd: cfg.Initrd, Tools: cfg.Tools, QEMU: cfg.QEMU, CPUs: cfg.CPUs, Memory: cfg.MemoryMiB}
 	b, err := json.MarshalIndent(info, "", "  ")
 	if err != nil {
@@ -184,12 +183,11 @@ func (s *Store) build(ctx context.Context, cfg vm.Config, key string) (retErr er
 	return nil
 }
 
-// MarkBroken records why restoring the template at state failed: the
-// template is not used again until it is removed.
-func (s *Store) MarkBroken(state, why string) error {
-	dir := filepath.Dir(state)
+// MarkBroken records why restoring the template in dir (as Get returned it)
+// failed: the template is not used again until it is removed.
+func (s *Store) MarkBroken(dir, why string) error {
 	if filepath.Dir(dir) != filepath.Clean(s.Dir) || !validKey.MatchString(filepath.Base(dir)) {
-		return fmt.Errorf("%s is not a template of %s: %w", state, s.Dir, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("%s is not a template of %s: %w", dir, s.Dir, errdefs.ErrInvalidArgument)
 	}
 	return os.WriteFile(filepath.Join(dir, brokenName), []byte(why+"\n"), 0o600)
 }
@@ -216,7 +214,7 @@ func (s *Store) List() ([]Info, error) {
 		if b, err := os.ReadFile(filepath.Join(dir, brokenName)); err == nil {
 			info.Broken = strings.TrimSpace(string(b))
 		}
-		if st, err := os.Stat(filepath.Join(dir, stateName)); err == nil {
+		if st, err := os.Stat(filepath.Join(dir, vm.SavedStateName)); err == nil {
 			info.LastUsed = accessTime(st)
 		}
 		out = append(out, info)
@@ -263,7 +261,7 @@ func (s *Store) Prune(ctx context.Context) {
 				unlock()
 			}
 		case validKey.MatchString(name) && s.MaxAge > 0:
-			st, err := os.Stat(filepath.Join(s.Dir, name, stateName))
+			st, err := os.Stat(filepath.Join(s.Dir, name, vm.SavedStateName))
 			if err != nil || time.Since(accessTime(st)) < s.MaxAge {
 				continue
 			}
