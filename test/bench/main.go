@@ -50,7 +50,7 @@ func main() {
 	runcPath := flag.String("runc", "build/runc", "runc binary for the host baseline")
 	runs := flag.Int("n", 7, "runs of each measurement")
 	only := flag.String("only", "", "run one section: boot, containers, ctr, stdio, share, bind, net, cri, hotplug, memory, runtimes or trace")
-	vmConfig := flag.String("vm-config", "", "lines added to the shim's [vm] configuration in the memory section, to compare settings")
+	vmConfig := flag.String("vm-config", "", "lines added to the shim's [vm] configuration in the memory and trace sections, to compare settings")
 	flag.Parse()
 	log.SetLevel("warn")
 	section = *only

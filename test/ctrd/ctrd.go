@@ -18,6 +18,7 @@ import (
 
 	"github.com/qemu-shim/qemu-shim/internal/busybox"
 	"github.com/qemu-shim/qemu-shim/internal/mountutil"
+	"github.com/qemu-shim/qemu-shim/test/guestimage"
 )
 
 // Runtime is qemu-shim's runtime name.
@@ -156,7 +157,7 @@ func StartWith(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 		return nil, err
 	}
 	d.Socket = filepath.Join(d.Run, "containerd.sock")
-	guest := d.bin("build/guest")
+	guest := guestimage.Dir() // build/guest unless $QEMU_SHIM_GUEST_DIR says otherwise
 	shimConfig := d.ShimConfig()
 	vmExtra := ""
 	if o.OCIRuntime != "" {

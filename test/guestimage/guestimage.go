@@ -15,6 +15,9 @@ import (
 // the repository.
 func Dir() string {
 	if d := os.Getenv("QEMU_SHIM_GUEST_DIR"); d != "" {
+		if abs, err := filepath.Abs(d); err == nil {
+			return abs
+		}
 		return d
 	}
 	_, file, _, _ := runtime.Caller(0)
