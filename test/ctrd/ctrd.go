@@ -133,7 +133,7 @@ func StartWith(ctx context.Context, o Options) (_ *Daemon, retErr error) {
 	for what, p := range map[string]string{
 		"containerd": d.bin(o.BinDir + "/containerd"),
 		"the shim":   d.bin("bin/containerd-shim-qemu-v1"),
-		"the guest":  d.bin("build/guest/vmlinux"),
+		"the guest":  filepath.Join(guestimage.Dir(), "vmlinux"),
 	} {
 		if _, err := os.Stat(p); err != nil {
 			target := "containerd"
