@@ -31,12 +31,12 @@ type ctrResult struct {
 func ctrRun(runs int) (res ctrResult, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	d, err := ctrd.Start(ctx)
+	d, err := ctrd.StartWith(ctx, ctrd.Options{ExtraVMConfig: extraVMConfig})
 	if err != nil {
 		return res, err
 	}
 	defer d.Close()
-	dc, err := ctrd.StartWith(ctx, ctrd.Options{ColdBoot: true})
+	dc, err := ctrd.StartWith(ctx, ctrd.Options{ColdBoot: true, ExtraVMConfig: extraVMConfig})
 	if err != nil {
 		return res, err
 	}

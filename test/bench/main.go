@@ -50,11 +50,11 @@ func main() {
 	runcPath := flag.String("runc", "build/runc", "runc binary for the host baseline")
 	runs := flag.Int("n", 7, "runs of each measurement")
 	only := flag.String("only", "", "run one section: boot, containers, ctr, stdio, share, bind, net, cri, hotplug, memory, runtimes or trace")
-	vmConfig := flag.String("vm-config", "", "lines added to the shim's [vm] configuration in the memory and trace sections, to compare settings")
+	vmConfig := flag.String("vm-config", "", "lines added to the shim's [vm] configuration in the ctr, memory and trace sections, to compare settings")
 	flag.Parse()
 	log.SetLevel("warn")
 	section = *only
-	memoryVMConfig = *vmConfig
+	extraVMConfig = *vmConfig
 	if err := run(*guestDir, *runcPath, *runs); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
@@ -64,8 +64,9 @@ func main() {
 // section, when set, is the only one run.
 var section string
 
-// memoryVMConfig is added to the shim's [vm] table in the memory section.
-var memoryVMConfig string
+// extraVMConfig (-vm-config) is added to the shim's [vm] table in the ctr,
+// memory and trace sections.
+var extraVMConfig string
 
 func want(name string) bool { return section == "" || section == name }
 
@@ -132,7 +133,7 @@ func run(guestDir, runcPath string, runs int) error {
 		{"net", func() error { return netSection(runs) }},
 		{"cri", func() error { return criSection(runs) }},
 		{"hotplug", func() error { return hotplugSection(work, img, runs) }},
-		{"memory", func() error { return memorySection(runs, memoryVMConfig) }},
+		{"memory", func() error { return memorySection(runs, extraVMConfig) }},
 		{"runtimes", func() error { return runtimesSection(work, img, runs) }},
 		{"trace", func() error {
 			if section != "trace" {

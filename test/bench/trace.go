@@ -53,7 +53,7 @@ var guestTook = []string{"rootfs mounted", "runtime create", "runtime start", "r
 func traceSection(runs int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	d, err := ctrd.StartWith(ctx, ctrd.Options{Debug: true, ExtraVMConfig: memoryVMConfig})
+	d, err := ctrd.StartWith(ctx, ctrd.Options{Debug: true, ExtraVMConfig: extraVMConfig})
 	if err != nil {
 		return err
 	}
