@@ -17,7 +17,7 @@ func TestDefaultsAreValid(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.VM.CPUs != 1 || c.VM.MemoryMiB != 256 || c.VM.BootTimeout.Seconds() != 90 {
+	if c.VM.CPUs != 2 || c.VM.MemoryMiB != 256 || c.VM.BootTimeout.Seconds() != 90 {
 		t.Errorf("defaults: %+v", c.VM)
 	}
 	if len(c.Operator.DiskRoots) != 1 || c.Operator.DiskRoots[0] != "/var/lib/qemu-shim/disks" {
@@ -92,12 +92,12 @@ func TestAnnotationsStayWithinTheConfiguredMaxima(t *testing.T) {
 	}{
 		{"cpus at max_cpus", map[string]string{AnnotationCPUs: "4"}, 4, 4, 256, nil},
 		{"cpus above max_cpus", map[string]string{AnnotationCPUs: "5"}, 0, 0, 0, []string{AnnotationCPUs, `"5"`, "vm.max_cpus 4"}},
-		{"lower max_cpus", map[string]string{AnnotationMaxCPUs: "2"}, 1, 2, 256, nil},
+		{"lower max_cpus", map[string]string{AnnotationMaxCPUs: "3"}, 2, 3, 256, nil},
 		{"raise max_cpus", map[string]string{AnnotationMaxCPUs: "8"}, 0, 0, 0, []string{AnnotationMaxCPUs, `"8"`, "vm.max_cpus 4"}},
 		{"max_cpus 255", map[string]string{AnnotationMaxCPUs: "255"}, 0, 0, 0, []string{AnnotationMaxCPUs, `"255"`, "vm.max_cpus 4"}},
 		{"cpus and max_cpus", map[string]string{AnnotationCPUs: "3", AnnotationMaxCPUs: "3"}, 3, 3, 256, nil},
 		{"max_cpus below cpus", map[string]string{AnnotationCPUs: "3", AnnotationMaxCPUs: "2"}, 0, 0, 0, []string{AnnotationMaxCPUs, `"2"`, "3 vCPUs"}},
-		{"memory at max_memory_mib", map[string]string{AnnotationMemoryMiB: "8192"}, 1, 4, 8192, nil},
+		{"memory at max_memory_mib", map[string]string{AnnotationMemoryMiB: "8192"}, 2, 4, 8192, nil},
 		{"memory above max_memory_mib", map[string]string{AnnotationMemoryMiB: "8193"}, 0, 0, 0, []string{AnnotationMemoryMiB, `"8193"`, "vm.max_memory_mib 8192"}},
 		{"memory huge", map[string]string{AnnotationMemoryMiB: "1000000000"}, 0, 0, 0, []string{AnnotationMemoryMiB, "vm.max_memory_mib 8192"}},
 		{"memory too small", map[string]string{AnnotationMemoryMiB: "64"}, 0, 0, 0, []string{AnnotationMemoryMiB, "at least 128"}},
@@ -185,7 +185,7 @@ func TestSizeOf(t *testing.T) {
 // A container's own limits size its VM, within the configured maxima: one
 // that needs more is refused, the VM is never made bigger than configured.
 func TestMachine(t *testing.T) {
-	base := Default().VM // 1 vCPU (at most 4), 256 MiB (at most 8192), no virtio-mem
+	base := Default().VM // 2 vCPUs (at most 4), 256 MiB (at most 8192), no virtio-mem
 	for _, tc := range []struct {
 		name   string
 		vm     func(*VM)
@@ -193,21 +193,21 @@ func TestMachine(t *testing.T) {
 		want   Machine
 		errHas []string // the error must name these; nil: no error
 	}{
-		{"no limits", nil, Size{}, Machine{1, 4, 256, 8192, 0}, nil},
-		{"quota", nil, Size{CPUs: 2}, Machine{2, 4, 256, 8192, 0}, nil},
+		{"no limits", nil, Size{}, Machine{2, 4, 256, 8192, 0}, nil},
+		{"quota", nil, Size{CPUs: 3}, Machine{3, 4, 256, 8192, 0}, nil},
 		{"quota at max_cpus", nil, Size{CPUs: 4}, Machine{4, 4, 256, 8192, 0}, nil},
 		{"quota above max_cpus", nil, Size{CPUs: 5}, Machine{}, []string{"5 vCPUs", "vm.max_cpus 4"}},
 		{"quota above a lowered max_cpus", func(v *VM) { v.MaxCPUs = 2 }, Size{CPUs: 3}, Machine{}, []string{"3 vCPUs", "vm.max_cpus 2"}},
-		{"memory rounded up", nil, Size{MemoryMiB: 300}, Machine{1, 4, 640, 8192, 0}, nil},
-		{"memory at max_memory_mib", nil, Size{MemoryMiB: 8192 - 256}, Machine{1, 4, 8192, 8192, 0}, nil},
+		{"memory rounded up", nil, Size{MemoryMiB: 300}, Machine{2, 4, 640, 8192, 0}, nil},
+		{"memory at max_memory_mib", nil, Size{MemoryMiB: 8192 - 256}, Machine{2, 4, 8192, 8192, 0}, nil},
 		{"memory above max_memory_mib", nil, Size{MemoryMiB: 8192 - 255}, Machine{}, []string{"7937 MiB", "vm.memory_mib 256", "vm.max_memory_mib 8192"}},
 		{"memory far above", nil, Size{MemoryMiB: 1 << 30}, Machine{}, []string{"vm.max_memory_mib 8192"}},
-		{"rounding stops at the maximum", func(v *VM) { v.MemoryMiB, v.MaxMemoryMiB = 300, 1000 }, Size{MemoryMiB: 700}, Machine{1, 4, 1000, 1000, 0}, nil},
-		{"fixed memory", func(v *VM) { v.MemoryMiB, v.MaxMemoryMiB = 300, 300 }, Size{}, Machine{1, 4, 300, 300, 0}, nil},
-		{"virtio-mem fits", func(v *VM) { v.VirtioMemMiB = 2048 }, Size{MemoryMiB: 1000}, Machine{1, 4, 1280, 8192, 2048}, nil},
-		{"virtio-mem cut to the maximum", func(v *VM) { v.VirtioMemMiB = 2048 }, Size{MemoryMiB: 7000}, Machine{1, 4, 7296, 8192, 896}, nil},
-		{"virtio-mem cut to an even size", func(v *VM) { v.VirtioMemMiB, v.MaxMemoryMiB = 2048, 1001 }, Size{}, Machine{1, 4, 256, 1001, 744}, nil},
-		{"no room for virtio-mem", func(v *VM) { v.VirtioMemMiB = 2048 }, Size{MemoryMiB: 8192 - 256}, Machine{1, 4, 8192, 8192, 0}, nil},
+		{"rounding stops at the maximum", func(v *VM) { v.MemoryMiB, v.MaxMemoryMiB = 300, 1000 }, Size{MemoryMiB: 700}, Machine{2, 4, 1000, 1000, 0}, nil},
+		{"fixed memory", func(v *VM) { v.MemoryMiB, v.MaxMemoryMiB = 300, 300 }, Size{}, Machine{2, 4, 300, 300, 0}, nil},
+		{"virtio-mem fits", func(v *VM) { v.VirtioMemMiB = 2048 }, Size{MemoryMiB: 1000}, Machine{2, 4, 1280, 8192, 2048}, nil},
+		{"virtio-mem cut to the maximum", func(v *VM) { v.VirtioMemMiB = 2048 }, Size{MemoryMiB: 7000}, Machine{2, 4, 7296, 8192, 896}, nil},
+		{"virtio-mem cut to an even size", func(v *VM) { v.VirtioMemMiB, v.MaxMemoryMiB = 2048, 1001 }, Size{}, Machine{2, 4, 256, 1001, 744}, nil},
+		{"no room for virtio-mem", func(v *VM) { v.VirtioMemMiB = 2048 }, Size{MemoryMiB: 8192 - 256}, Machine{2, 4, 8192, 8192, 0}, nil},
 	} {
 		v := base
 		if tc.vm != nil {
