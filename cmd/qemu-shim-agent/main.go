@@ -147,6 +147,7 @@ func run(ctx context.Context) error {
 		Transport:    string(kind),
 		ModulesReady: modulesReady,
 		TaskdStarted: taskdStarted,
+		Namespaces:   []string{agentapi.ContainerNetnsPath},
 		// Not the OCI runtime: reading it whole costs each restore more
 		// than the pages a container start reads from the tools disk.
 		ModulesDir: modulesRoot,

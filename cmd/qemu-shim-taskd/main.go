@@ -103,6 +103,13 @@ func run(ctx context.Context, socket, root string, runtimes map[string]string, d
 	}
 	events := task.NewEventLog(task.DefaultEventRetention)
 	netSvc := &network.Service{Path: network.NamespacePath}
+	// Made now rather than by the first container that needs it: at boot
+	// beside the host's work, and in a template before it is saved.
+	go func() {
+		if _, err := netSvc.Namespace(); err != nil {
+			log.G(ctx).WithError(err).Warn("make the containers' network namespace")
+		}
+	}()
 	tasks := task.New(ctx, task.Config{
 		Runtimes: runtimes, DefaultRuntime: defaultRuntime,
 		Root: root, SysfsRoot: "/sys", Streams: demux, Events: events,

@@ -63,6 +63,11 @@ type Service struct {
 	// WarmFiles are read by Prepare so that a template's page cache holds
 	// them.
 	WarmFiles []string
+	// Namespaces are the paths of namespaces other processes mount (the
+	// task service's containers' network namespace) that Prepare waits
+	// for, up to namespaceWait, so that VMs restored from the template do
+	// not make them again.
+	Namespaces []string
 	// ModulesDir holds the kernel modules' files, which Prepare removes
 	// once every module is loaded.
 	ModulesDir string

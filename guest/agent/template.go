@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 	"unsafe"
 
 	"github.com/containerd/errdefs"
@@ -43,6 +44,7 @@ func (s *Service) Prepare(ctx context.Context, _ *api.PrepareRequest) (*emptypb.
 			return nil, fmt.Errorf("wait for the task service: %w", ctx.Err())
 		}
 	}
+	s.waitNamespaces(ctx)
 	unix.Sync()
 	// Every byte the guest holds is saved with the template and copied
 	// into every VM restored from it, while the pages the host discarded
@@ -71,6 +73,38 @@ func (s *Service) Prepare(ctx context.Context, _ *api.PrepareRequest) (*emptypb.
 	}
 	log.G(ctx).Info("ready to be saved as a template")
 	return &emptypb.Empty{}, nil
+}
+
+// namespaceWait bounds Prepare's wait for Namespaces: one still missing
+// then is made by each restored VM when first needed, as in a booted one.
+const namespaceWait = 10 * time.Second
+
+// waitNamespaces waits until each of Namespaces is a mounted namespace.
+func (s *Service) waitNamespaces(ctx context.Context) {
+	if len(s.Namespaces) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, namespaceWait)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for _, path := range s.Namespaces {
+		for !isNamespace(path) {
+			select {
+			case <-ctx.Done():
+				log.G(ctx).WithField("path", path).Warn("not saved in the template: the namespace is not there yet")
+				return
+			case <-tick.C:
+			}
+		}
+	}
+}
+
+// isNamespace says whether path is a namespace (nsfs): a process's
+// /proc/PID/ns entry, or one mounted elsewhere.
+func isNamespace(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.NSFS_MAGIC
 }
 
 func readAll(path string) error {

@@ -23,12 +23,13 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	agentapi "github.com/qemu-shim/qemu-shim/api/agent/v1"
 	api "github.com/qemu-shim/qemu-shim/api/network/v1"
 	"github.com/qemu-shim/qemu-shim/internal/nsthread"
 )
 
 // NamespacePath is where the VM's container network namespace is mounted.
-const NamespacePath = "/run/qemu-shim/netns/containers"
+const NamespacePath = agentapi.ContainerNetnsPath
 
 // Bounds on what the host may ask.
 const (

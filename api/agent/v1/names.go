@@ -9,6 +9,11 @@ const (
 	ToolsDiskSerial = "qs-tools"
 	// ToolsMountPoint is where the agent mounts that disk.
 	ToolsMountPoint = "/run/qemu-shim/tools"
+	// ContainerNetnsPath is where the VM's container network namespace
+	// is mounted. The task service makes it when it starts (the kernel
+	// takes a tenth of a second or more for it under TCG), and a template
+	// is saved once it is there, so that restored VMs have it already.
+	ContainerNetnsPath = "/run/qemu-shim/netns/containers"
 )
 
 // The share of host files (virtio-fs): the tag the guest mounts it by, and
