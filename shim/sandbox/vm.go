@@ -71,8 +71,10 @@ func Boot(ctx context.Context, spec Spec) (Sandbox, error) {
 	if dir := inst.ShareDir(); dir != "" {
 		v.staging = &share.Staging{Dir: dir, Pid: inst.ShareNamespacePid()}
 	}
-	if log.GetLevel() >= log.DebugLevel {
-		// Not on the way: the guest is busy starting its task service.
+	if log.GetLevel() >= log.DebugLevel && !inst.Restored() {
+		// Not on the way: the guest is busy starting its task service. (A
+		// restored guest's timeline is its template's boot, and asking
+		// would take its vCPUs from the first container's start.)
 		go v.logTimeline(context.WithoutCancel(ctx))
 	}
 	return v, nil
