@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -40,6 +41,8 @@ type fakeGuest struct {
 	sb                       *fakeSandbox
 	// hangKill makes Kill wait for its deadline, as a hung guest.
 	hangKill bool
+	// deletes counts the Delete calls.
+	deletes atomic.Int32
 }
 
 func (g *fakeGuest) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
@@ -56,6 +59,7 @@ func (g *fakeGuest) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAP
 }
 
 func (g *fakeGuest) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	g.deletes.Add(1)
 	return &taskAPI.DeleteResponse{Pid: 7, ExitStatus: 3}, nil
 }
 
@@ -348,8 +352,18 @@ func TestLifecycleAsContainerdSeesIt(t *testing.T) {
 	if st, err := r.s.State(r.ctx, &taskAPI.StateRequest{ID: "c1"}); err != nil || st.Status != task.Status_STOPPED || st.ExitStatus != 3 || st.Pid != 7 {
 		t.Errorf("state after the exit: %v, %v; want stopped, exit 3, pid 7", st, err)
 	}
-	if _, err := r.s.Delete(r.ctx, &taskAPI.DeleteRequest{ID: "c1"}); err != nil {
-		t.Fatal(err)
+	// The VM's only container, exited: its VM ends with it, and the
+	// guest is not asked to clean up. The delete reports the exit.
+	d, err := r.s.Delete(r.ctx, &taskAPI.DeleteRequest{ID: "c1"})
+	if err != nil || d.ExitStatus != 3 || d.Pid != 7 {
+		t.Fatalf("delete: %v, %v; want exit 3, pid 7", d, err)
+	}
+	if n := r.sb.guest.deletes.Load(); n != 0 {
+		t.Errorf("the guest was asked to delete %d times, want none", n)
+	}
+	del := r.pub.waitFor(t, "TaskDelete", func(e publishedEvent) bool { return e.topic == runtime.TaskDeleteEventTopic })
+	if e := del.event.(*eventstypes.TaskDelete); e.ExitStatus != 3 || e.Pid != 7 {
+		t.Errorf("TaskDelete %v: want exit 3, pid 7", e)
 	}
 	if last, ok := r.sb.released["c1"]; !ok || !last {
 		t.Errorf("delete released %v", r.sb.released)

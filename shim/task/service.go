@@ -343,7 +343,11 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	tl := newTimeline()
 	defer func() { tl.log(ctx, "delete "+r.ID) }()
 	var resp *taskAPI.DeleteResponse
-	if !ended(sb) {
+	// The VM's last container, exited with nothing else left: the VM ends
+	// with it (Shutdown follows), so the guest's cleanup (the runtime's
+	// delete, unmounting the rootfs) would be work thrown away.
+	retiring := r.ExecID == "" && s.onlyExitedInit(c, p)
+	if !ended(sb) && !retiring {
 		resp, err = guestCall(ctx, s, sb, "delete", s.timeouts.call, func(ctx context.Context, a taskAPI.TTRPCTaskService) (*taskAPI.DeleteResponse, error) {
 			return a.Delete(ctx, r)
 		})
@@ -352,10 +356,10 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		}
 	}
 	if resp == nil {
-		// The VM is gone and its processes with it: once watchSandbox has
-		// reported their exits, nothing is left in the guest to delete, and
+		// The VM is gone (or going) and its processes with it: once their
+		// exits are reported, nothing is left in the guest to delete, and
 		// containerd hears of the delete from here, after the exit.
-		if sb != nil {
+		if sb != nil && !retiring {
 			<-s.vmReported(sb)
 		}
 		resp = &taskAPI.DeleteResponse{}
@@ -401,6 +405,15 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		s.sizeMu.Unlock()
 	}
 	return resp, nil
+}
+
+// onlyExitedInit says whether p is the exited init of c, the VM's only
+// container, with no exec left.
+func (s *Service) onlyExitedInit(c *container, p *proc) bool {
+	s.mu.Lock()
+	only := len(s.containers) == 1 && len(c.procs) == 1
+	s.mu.Unlock()
+	return only && p.exitStatus() != nil
 }
 
 // Pids lists a container's processes; none once the VM has ended.

@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -205,20 +204,8 @@ func leftovers(id string) []string {
 	if _, err := os.Stat(b); err == nil {
 		out = append(out, "bundle "+b)
 	}
-	// Shim sockets live in a directory every containerd on the host
-	// shares: a leaked one was made during the run and nobody listens.
-	if entries, err := os.ReadDir("/run/containerd/s"); err == nil {
-		for _, e := range entries {
-			path := "/run/containerd/s/" + e.Name()
-			if info, err := e.Info(); err != nil || !info.ModTime().After(started) {
-				continue
-			}
-			if c, err := net.Dial("unix", path); err == nil {
-				c.Close()
-				continue
-			}
-			out = append(out, "shim socket "+path)
-		}
+	for _, path := range ctrd.LeakedShimSockets(started) {
+		out = append(out, "shim socket "+path)
 	}
 	return out
 }

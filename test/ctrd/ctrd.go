@@ -7,10 +7,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -476,4 +478,45 @@ func (d *Daemon) Close() {
 	if d.Work != "" {
 		mountutil.RemoveAll(d.Work)
 	}
+}
+
+// shimSocketDir is where every containerd on the host has its shims
+// listen.
+const shimSocketDir = "/run/containerd/s"
+
+// shimSocketGrace is how long a shim socket nobody listens on may stay: a
+// shim that is exiting (of this run, or of a test package running beside
+// it) stops listening just before it removes its socket.
+const shimSocketGrace = 5 * time.Second
+
+// LeakedShimSockets lists the shim sockets made since since that nobody
+// listens on and that are still there once shimSocketGrace has passed.
+func LeakedShimSockets(since time.Time) []string {
+	var left []string
+	if entries, err := os.ReadDir(shimSocketDir); err == nil {
+		for _, e := range entries {
+			if info, err := e.Info(); err == nil && info.ModTime().After(since) {
+				left = append(left, filepath.Join(shimSocketDir, e.Name()))
+			}
+		}
+	}
+	deadline := time.Now().Add(shimSocketGrace)
+	for {
+		left = slices.DeleteFunc(left, listenedOrGone)
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(50 * time.Millisecond) // polls the shims' exits, up to the deadline
+	}
+}
+
+// listenedOrGone says whether a shim listens on path, or path is gone.
+func listenedOrGone(path string) bool {
+	c, err := net.Dial("unix", path)
+	if err == nil {
+		c.Close()
+		return true
+	}
+	_, err = os.Stat(path)
+	return os.IsNotExist(err)
 }

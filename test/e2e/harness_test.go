@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -72,20 +71,8 @@ var started = time.Now()
 // shim sockets made during the run.
 func leftovers() []string {
 	var out []string
-	// Shim sockets live in a directory every containerd on the host shares:
-	// a leaked one is a file made during the run that nobody listens on.
-	if entries, err := os.ReadDir("/run/containerd/s"); err == nil {
-		for _, e := range entries {
-			path := "/run/containerd/s/" + e.Name()
-			if info, err := e.Info(); err != nil || !info.ModTime().After(started) {
-				continue
-			}
-			if c, err := net.Dial("unix", path); err == nil {
-				c.Close() // a live shim, of another run
-				continue
-			}
-			out = append(out, "shim socket: "+path)
-		}
+	for _, path := range ctrd.LeakedShimSockets(started) {
+		out = append(out, "shim socket: "+path)
 	}
 	if b, err := exec.Command("pgrep", "-af", "qemu-system.*"+env.run).Output(); err == nil && len(bytes.TrimSpace(b)) > 0 {
 		out = append(out, "processes: "+string(b))
