@@ -81,6 +81,10 @@ type Instance struct {
 	// memory is the guest's RAM while a VM to be saved runs (see
 	// hasMemoryFile); closed at cleanup.
 	memory *os.File
+	// memoryLoaded gives, once, how the loading of a restored VM's saved
+	// memory ended: it runs while QEMU starts, and the state is loaded
+	// only after it.
+	memoryLoaded chan error
 
 	cleanupOnce sync.Once
 	cleanupDone chan struct{}

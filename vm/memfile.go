@@ -30,8 +30,10 @@ const (
 // shim's: a VM booted to be saved or one restored.
 func (c Config) hasMemoryFile() bool { return c.ForTemplate || c.Restore != "" }
 
-// openMemory creates the guest's memory file, filled with the saved pages
-// when the VM is restored.
+// openMemory creates the guest's memory file. For a VM restored, a copy of
+// its descriptor is filled with the saved pages meanwhile (QEMU writes no
+// RAM of a VM waiting for its incoming state), and i.memoryLoaded says when
+// that has ended.
 func (i *Instance) openMemory(ctx context.Context) (*os.File, error) {
 	fd, err := unix.MemfdCreate("qemu-shim-ram-"+i.cfg.ID, unix.MFD_CLOEXEC)
 	if err != nil {
@@ -46,26 +48,38 @@ func (i *Instance) openMemory(ctx context.Context) (*os.File, error) {
 	if i.cfg.Restore == "" {
 		return f, nil
 	}
-	begin := time.Now()
 	saved, err := os.Open(filepath.Join(i.cfg.Restore, SavedMemoryName))
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%w: %w", ErrRestore, err)
 	}
-	defer saved.Close()
 	if st, err := saved.Stat(); err != nil || st.Size() != size {
 		f.Close()
+		saved.Close()
 		if err == nil {
 			err = fmt.Errorf("%s holds %d bytes of guest memory, the VM has %d", saved.Name(), st.Size(), size)
 		}
 		return nil, fmt.Errorf("%w: %w", ErrRestore, err)
 	}
-	n, err := sparse.CopyData(f, saved)
+	dst, err := dupFile(f)
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("%w: load the guest's memory: %w", ErrRestore, err)
+		saved.Close()
+		return nil, err
 	}
-	log.G(ctx).WithField("vm", i.cfg.ID).WithField("bytes", n).WithField("took", time.Since(begin)).Debug("guest memory loaded")
+	i.memoryLoaded = make(chan error, 1)
+	go func() {
+		defer saved.Close()
+		defer dst.Close()
+		begin := time.Now()
+		n, err := sparse.CopyData(dst, saved)
+		if err != nil {
+			i.memoryLoaded <- fmt.Errorf("%w: load the guest's memory: %w", ErrRestore, err)
+			return
+		}
+		log.G(ctx).WithField("vm", i.cfg.ID).WithField("bytes", n).WithField("took", time.Since(begin)).Debug("guest memory loaded")
+		i.memoryLoaded <- nil
+	}()
 	return f, nil
 }
 

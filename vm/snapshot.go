@@ -299,6 +299,14 @@ func (i *Instance) resumeRestored(ctx context.Context) error {
 	if err := i.ignoreShared(ctx); err != nil {
 		return fmt.Errorf("%w: leave the guest's memory out of the stream: %w", ErrRestore, err)
 	}
+	select {
+	case err := <-i.memoryLoaded:
+		if err != nil {
+			return err
+		}
+	case <-ctx.Done():
+		return fmt.Errorf("restore: %w", ctx.Err())
+	}
 	if err := i.qmp.Run(ctx, "migrate-incoming", migrate{URI: fmt.Sprintf("fd:%d", i.incomingFD())}, nil); err != nil {
 		return fmt.Errorf("%w: load the state: %w", ErrRestore, err)
 	}
