@@ -273,7 +273,7 @@ func (s *Service) sandboxFor(ctx context.Context, id string, cfg config.Config, 
 		return nil, false, fmt.Errorf("container %s: %w", id, err)
 	}
 	s.mu.Lock()
-	s.sb, s.cfg, s.podSize = sb, cfg, podSize
+	s.sb, s.cfg, s.podSize, s.joinable = sb, cfg, podSize, podOf(spec.Annotations)
 	s.mu.Unlock()
 	go s.forwardEvents(sb)
 	go s.watchSandbox(sb)

@@ -31,6 +31,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	eventsapi "github.com/qemu-shim/qemu-shim/api/events/v1"
+	"github.com/qemu-shim/qemu-shim/shim/config"
 	"github.com/qemu-shim/qemu-shim/shim/sandbox"
 )
 
@@ -304,10 +305,15 @@ func newRig(t *testing.T) *rig {
 
 // create makes a container whose stdout goes to a file in the bundle.
 func (r *rig) create(id string) *taskAPI.CreateTaskResponse {
+	return r.createWith(id, nil)
+}
+
+// createWith makes one with these annotations.
+func (r *rig) createWith(id string, annotations map[string]string) *taskAPI.CreateTaskResponse {
 	r.t.Helper()
 	bundle := filepath.Join(r.dir, id)
 	os.Mkdir(bundle, 0o700)
-	spec, _ := json.Marshal(&specs.Spec{Version: specs.Version, Process: &specs.Process{Args: []string{"true"}}})
+	spec, _ := json.Marshal(&specs.Spec{Version: specs.Version, Process: &specs.Process{Args: []string{"true"}}, Annotations: annotations})
 	os.WriteFile(filepath.Join(bundle, "config.json"), spec, 0o600)
 	resp, err := r.s.Create(r.ctx, &taskAPI.CreateTaskRequest{ID: id, Bundle: bundle,
 		Stdout: "file://" + filepath.Join(bundle, "stdout")})
@@ -574,5 +580,27 @@ func TestDeleteRightAfterVMEndReportsTheKill(t *testing.T) {
 	r.pub.mu.Unlock()
 	if len(order) != 3 || order[2] != runtime.TaskDeleteEventTopic || len(exits) != 2 || exits[0] != "e1" || exits[1] != "c1" {
 		t.Errorf("events %v, exits %v: want e1's exit, c1's exit, then the delete", order, exits)
+	}
+}
+
+// A group's VM may get another container after its last one is deleted:
+// the guest is asked to delete each, so that the next finds it clean.
+func TestGroupDeleteAsksTheGuest(t *testing.T) {
+	r := newRig(t)
+	r.createWith("c1", map[string]string{config.AnnotationGroup: "g1"})
+	if _, err := r.s.Start(r.ctx, &taskAPI.StartRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	r.sb.guestEnd(t, "s1-o").Close()
+	r.sb.guestEnd(t, "s1-e").Close()
+	r.sb.send(runtime.TaskExitEventTopic, &eventstypes.TaskExit{ContainerID: "c1", ID: "c1", Pid: 7, ExitStatus: 3})
+	if w, err := r.s.Wait(r.ctx, &taskAPI.WaitRequest{ID: "c1"}); err != nil || w.ExitStatus != 3 {
+		t.Fatalf("wait: %v, %v", w, err)
+	}
+	if _, err := r.s.Delete(r.ctx, &taskAPI.DeleteRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.sb.guest.deletes.Load(); n != 1 {
+		t.Errorf("the guest was asked to delete %d times, want once", n)
 	}
 }

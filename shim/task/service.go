@@ -72,6 +72,10 @@ type Service struct {
 	// podSize is the pod's resources, from its sandbox: the VM never has
 	// less while the pod lives.
 	podSize config.Size
+	// joinable says the VM is a pod's or a group's, which later
+	// containers may join (see podOf); otherwise its first container is
+	// its only one.
+	joinable bool
 }
 
 var _ taskAPI.TTRPCTaskService = (*Service)(nil)
@@ -343,9 +347,11 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	tl := newTimeline()
 	defer func() { tl.log(ctx, "delete "+r.ID) }()
 	var resp *taskAPI.DeleteResponse
-	// The VM's last container, exited with nothing else left: the VM ends
-	// with it (Shutdown follows), so the guest's cleanup (the runtime's
-	// delete, unmounting the rootfs) would be work thrown away.
+	// The only container a VM will ever have, exited with nothing else
+	// left: the VM ends with it (Shutdown follows), so the guest's cleanup
+	// (the runtime's delete, unmounting the rootfs) would be work thrown
+	// away. A pod's or a group's VM may get another container, which must
+	// find the guest without this one.
 	retiring := r.ExecID == "" && s.onlyExitedInit(c, p)
 	if !ended(sb) && !retiring {
 		resp, err = guestCall(ctx, s, sb, "delete", s.timeouts.call, func(ctx context.Context, a taskAPI.TTRPCTaskService) (*taskAPI.DeleteResponse, error) {
@@ -407,11 +413,11 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	return resp, nil
 }
 
-// onlyExitedInit says whether p is the exited init of c, the VM's only
-// container, with no exec left.
+// onlyExitedInit says whether p is the exited init of c, the only
+// container of a VM no other can join, with no exec left.
 func (s *Service) onlyExitedInit(c *container, p *proc) bool {
 	s.mu.Lock()
-	only := len(s.containers) == 1 && len(c.procs) == 1
+	only := !s.joinable && len(s.containers) == 1 && len(c.procs) == 1
 	s.mu.Unlock()
 	return only && p.exitStatus() != nil
 }
