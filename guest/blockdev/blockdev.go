@@ -64,23 +64,43 @@ func Find(sysfs, serial string) (Device, bool) {
 // Wait waits up to wait for a (hot-plugged) disk to appear with its
 // capacity known: a SCSI disk shows in sysfs (serial and all) before the
 // kernel has read its capacity, and a mount then finds no superblock.
+// While it waits it asks the SCSI controllers for new disks, and has the
+// kernel query again a SCSI disk that shows no serial or no capacity (a
+// command of its probe that failed, under load, is not retried by itself).
 func Wait(ctx context.Context, sysfs, serial string, wait time.Duration) (Device, error) {
 	if serial == "" || len(serial) > 20 {
 		return Device{}, fmt.Errorf("disk serial %q: want 1-20 characters: %w", serial, errdefs.ErrInvalidArgument)
 	}
 	deadline := time.Now().Add(wait)
-	var lastScan time.Time
+	var lastScan, lastRescan time.Time
 	for {
 		d, ok := Find(sysfs, serial)
 		if ok && d.SizeBytes > 0 {
 			return d, nil
 		}
 		if time.Now().After(deadline) {
+			if ok {
+				return Device{}, fmt.Errorf("disk %s with serial %q shows no capacity after %v: %w", d.Name, serial, wait, errdefs.ErrUnavailable)
+			}
 			return Device{}, fmt.Errorf("no disk with serial %q after %v: %w", serial, wait, errdefs.ErrNotFound)
 		}
 		if !ok && time.Since(lastScan) >= scanEvery {
 			ScanSCSI(sysfs)
 			lastScan = time.Now()
+		}
+		if lastRescan.IsZero() {
+			lastRescan = time.Now()
+		} else if time.Since(lastRescan) >= rescanEvery {
+			if ok {
+				rescanDisk(sysfs, d.Name)
+			} else {
+				for _, other := range List(sysfs) {
+					if other.Serial == "" {
+						rescanDisk(sysfs, other.Name)
+					}
+				}
+			}
+			lastRescan = time.Now()
 		}
 		select {
 		case <-ctx.Done():
@@ -90,8 +110,20 @@ func Wait(ctx context.Context, sysfs, serial string, wait time.Duration) (Device
 	}
 }
 
-// scanEvery spaces the scans of a wait.
-const scanEvery = 100 * time.Millisecond
+// scanEvery spaces the scans of a wait; rescanEvery the queries of disks
+// that show no serial or no capacity, which reach the device.
+const (
+	scanEvery   = 100 * time.Millisecond
+	rescanEvery = time.Second
+)
+
+// rescanDisk has the kernel read a SCSI disk's identity and capacity again.
+// A virtio-blk disk takes both from its configuration, which has no rescan.
+func rescanDisk(sysfs, name string) {
+	if strings.HasPrefix(name, "sd") {
+		os.WriteFile(filepath.Join(sysfs, "block", name, "device", "rescan"), []byte("1"), 0)
+	}
+}
 
 // ScanSCSI asks each virtio-scsi controller for the LUNs of its target 0,
 // where the host plugs disks (one REPORT LUNS command; the LUNs known

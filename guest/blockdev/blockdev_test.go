@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,5 +49,23 @@ func TestFindBySerial(t *testing.T) {
 	}
 	if _, err := Wait(context.Background(), sys, "", time.Second); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("empty serial: %v", err)
+	}
+}
+
+// A SCSI disk that shows no capacity is asked again (its rescan attribute
+// written) and, if it never gets one, named in the error.
+func TestWaitRescansADiskWithoutCapacity(t *testing.T) {
+	sys := t.TempDir()
+	sd := filepath.Join(sys, "block", "sdb")
+	os.MkdirAll(filepath.Join(sd, "device"), 0o755)
+	os.WriteFile(filepath.Join(sd, "device", "vpd_pg80"), append([]byte{0, 0x80, 0, 2}, "l8"...), 0o444)
+	os.WriteFile(filepath.Join(sd, "size"), []byte("0\n"), 0o644)
+	os.WriteFile(filepath.Join(sd, "device", "rescan"), nil, 0o644)
+	_, err := Wait(context.Background(), sys, "l8", rescanEvery+300*time.Millisecond)
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "sdb") {
+		t.Errorf("disk without capacity: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(sd, "device", "rescan")); string(b) != "1" {
+		t.Errorf("rescan attribute holds %q, want 1", b)
 	}
 }
