@@ -159,6 +159,15 @@ func run(ctx context.Context) error {
 			return append([]string(nil), modList...)
 		},
 		Timeline: timeline.Steps,
+		// taskd warms the container path up (task.Service.Warm). Its
+		// SIGUSR1 handler is there: only a restored guest is asked, and
+		// taskd listened before its template was saved (Prepare waits for
+		// the namespace taskd makes after that).
+		WarmUp: func() {
+			if err := taskd.Signal(unix.SIGUSR1); err != nil {
+				log.G(ctx).WithError(err).Warn("ask the task service to warm up")
+			}
+		},
 		PowerOff: func() {
 			unix.Sync()
 			unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)

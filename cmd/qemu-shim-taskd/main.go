@@ -78,6 +78,9 @@ func run(ctx context.Context, socket, root string, runtimes map[string]string, d
 			reaper.Reap()
 		}
 	}()
+	// A VM restored from a template sends SIGUSR1 (see task.Service.Warm).
+	warm := make(chan os.Signal, 1)
+	signal.Notify(warm, unix.SIGUSR1)
 	// The runtime's first start pages it in from the tools disk (runc's
 	// 10 MB; crun's loader and libraries): do that now, while the host is
 	// still attaching the container's disks.
@@ -116,6 +119,13 @@ func run(ctx context.Context, socket, root string, runtimes map[string]string, d
 		NetworkNamespace: netSvc.Namespace,
 		Share:            task.MountShare(task.ShareMountPoint),
 	})
+	go func() {
+		for range warm {
+			if err := tasks.Warm(ctx); err != nil {
+				log.G(ctx).WithError(err).Warn("warm-up")
+			}
+		}
+	}()
 	taskAPI.RegisterTTRPCTaskService(server, tasks)
 	volumeapi.RegisterVolumesService(server, tasks)
 	networkapi.RegisterNetworkService(server, netSvc)

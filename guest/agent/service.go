@@ -71,6 +71,9 @@ type Service struct {
 	// ModulesDir holds the kernel modules' files, which Prepare removes
 	// once every module is loaded.
 	ModulesDir string
+	// WarmUp, when set, is called by Restored when the host asks for a
+	// warm-up (see RestoredRequest.warm_up); it must not block.
+	WarmUp func()
 
 	answeredOnce, closeOnce sync.Once
 

@@ -135,6 +135,9 @@ func (s *Service) Restored(ctx context.Context, r *api.RestoredRequest) (*emptyp
 		}
 	}
 	log.G(ctx).Info("restored from a template: random generator reseeded, clock set")
+	if r.WarmUp && s.WarmUp != nil {
+		s.WarmUp()
+	}
 	return &emptypb.Empty{}, nil
 }
 

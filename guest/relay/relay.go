@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 
 	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
 )
@@ -59,6 +60,16 @@ func (t *Relay) IsTaskd(pid int) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return pid != 0 && pid == t.pid
+}
+
+// Signal sends sig to the taskd Start started, if any.
+func (t *Relay) Signal(sig unix.Signal) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.pid == 0 {
+		return nil
+	}
+	return unix.Kill(t.pid, sig)
 }
 
 func (t *Relay) wait() time.Duration {

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/qemu-shim/qemu-shim/guest/blockdev"
+	"github.com/qemu-shim/qemu-shim/internal/timeline"
 )
 
 // Create makes a container: rootfs from the host's disks, the host's
@@ -34,10 +35,13 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if r.Checkpoint != "" {
 		return nil, fmt.Errorf("restore from checkpoint: %w", errdefs.ErrNotImplemented)
 	}
+	tl := timeline.New()
+	defer func() { tl.Log(ctx, "create "+r.ID) }()
 	spec, err := decodeSpec(r.Options)
 	if err != nil {
 		return nil, err
 	}
+	tl.Step("spec")
 	runtime, err := s.chooseRuntime(spec)
 	if err != nil {
 		return nil, err
@@ -67,6 +71,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, err
 	}
 	debugTook(ctx, "rootfs mounted", began)
+	tl.Step("rootfs")
 	disk := func(serial string) (int64, int64, error) {
 		d, err := blockdev.Wait(ctx, s.cfg.SysfsRoot, serial, deviceWait)
 		return d.Major, d.Minor, err
@@ -81,6 +86,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err := os.WriteFile(filepath.Join(c.bundle, "config.json"), config, 0o600); err != nil {
 		return nil, err
 	}
+	tl.Step("config")
 
 	names := stdio{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
 	if spec.Process.Terminal != r.Terminal {
@@ -90,6 +96,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
+	tl.Step("stdio")
 	p := newProcess(c, "", names)
 	p.io = pio
 	c.init = p
@@ -102,10 +109,12 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, runcError(c, "create", err)
 	}
 	debugTook(ctx, "runtime create", began)
+	tl.Step("runtime")
 	pid, err := runc.ReadPidFile(pidFile)
 	if err == nil {
 		err = pio.start(ctx)
 	}
+	tl.Step("io")
 	if err != nil {
 		cleanup()
 		s.runcFor(c).Delete(context.WithoutCancel(ctx), r.ID, &runc.DeleteOpts{Force: true})
@@ -116,6 +125,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		c.cgroup = cg
 	}
 	c.watchOOM(context.WithoutCancel(ctx), s.publish)
+	tl.Step("cgroup")
 
 	p.mu.Lock()
 	p.pid = pid
@@ -125,6 +135,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		IO: &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
 	})
 	handleStarted(p, pid)
+	tl.Step("event")
 	return &taskAPI.CreateTaskResponse{Pid: uint32(pid)}, nil
 }
 
@@ -149,6 +160,7 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		}
 		p.mu.Unlock()
 		s.publish(topicStart, &eventstypes.TaskStart{ContainerID: r.ID, Pid: uint32(p.pid)})
+		s.startedOnce.Do(func() { close(s.started) })
 		return &taskAPI.StartResponse{Pid: uint32(p.pid)}, nil
 	}
 	if c.init.getState() != procRunning {

@@ -69,6 +69,11 @@ type Service struct {
 	// (nil while one is being mounted).
 	volMu   sync.Mutex
 	volumes map[string]*volume
+
+	// started is closed when a container's init has first been started
+	// (see Warm).
+	started     chan struct{}
+	startedOnce sync.Once
 }
 
 var _ taskAPI.TTRPCTaskService = (*Service)(nil)
@@ -84,6 +89,7 @@ func New(ctx context.Context, cfg Config) *Service {
 		running:         map[int][]*process{},
 		exitSubscribers: map[*map[int][]runc.Exit]struct{}{},
 		volumes:         map[string]*volume{},
+		started:         make(chan struct{}),
 	}
 	for name, bin := range cfg.Runtimes {
 		// Each keeps its state apart: their formats differ.

@@ -20,6 +20,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/qemu-shim/qemu-shim/api/wire"
+	"github.com/qemu-shim/qemu-shim/internal/timeline"
 	"github.com/qemu-shim/qemu-shim/shim/bundle"
 	"github.com/qemu-shim/qemu-shim/shim/config"
 	"github.com/qemu-shim/qemu-shim/shim/hooks"
@@ -109,8 +110,8 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	s.mu.Unlock()
 	var sb sandbox.Sandbox
 	bootedHere := false
-	tl := newTimeline()
-	defer func() { tl.log(ctx, "create "+r.ID) }()
+	tl := timeline.New()
+	defer func() { tl.Log(ctx, "create "+r.ID) }()
 	defer func() {
 		if retErr != nil {
 			s.failedCreate(ctx, c, sb, bootedHere)
@@ -121,7 +122,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
-	tl.step("vm")
+	tl.Step("vm")
 	if !bootedHere { // a pod's next container
 		if err := s.resize(ctx, sb); err != nil {
 			return nil, fmt.Errorf("container %s: %w", r.ID, err)
@@ -147,7 +148,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, err
 	}
-	tl.step("rootfs")
+	tl.Step("rootfs")
 	log.G(ctx).WithField("took", time.Since(began)).Debug("rootfs attached")
 	if err := attachDevices(ctx, sb, r.ID, spec, blockDevs); err != nil {
 		return nil, err // detached by the Release above
@@ -178,12 +179,12 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, err
 	}
 
-	tl.step("devices-hooks-network-binds")
+	tl.Step("devices-hooks-network-binds")
 	pio, guest, err := s.openIO(ctx, sb, r.ID, host)
 	if err != nil {
 		return nil, err
 	}
-	tl.step("stdio")
+	tl.Step("stdio")
 	p := newProc(pio, host)
 	req := &taskAPI.CreateTaskRequest{
 		ID: r.ID, Bundle: r.Bundle, Rootfs: guestRootfs, Terminal: r.Terminal,
@@ -197,7 +198,7 @@ func (s *Service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		pio.Close()
 		return nil, err
 	}
-	tl.step("guest-create")
+	tl.Step("guest-create")
 	s.mu.Lock()
 	c.procs[""] = p
 	c.pid = resp.Pid

@@ -23,6 +23,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/qemu-shim/qemu-shim/internal/timeline"
 	"github.com/qemu-shim/qemu-shim/shim/bundle"
 	"github.com/qemu-shim/qemu-shim/shim/config"
 	"github.com/qemu-shim/qemu-shim/shim/sandbox"
@@ -344,8 +345,8 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return nil, toGRPC(err)
 	}
 	sb := s.sandbox()
-	tl := newTimeline()
-	defer func() { tl.log(ctx, "delete "+r.ID) }()
+	tl := timeline.New()
+	defer func() { tl.Log(ctx, "delete "+r.ID) }()
 	var resp *taskAPI.DeleteResponse
 	// The only container a VM will ever have, exited with nothing else
 	// left: the VM ends with it (Shutdown follows), so the guest's cleanup
@@ -377,9 +378,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			s.enqueue(r.ID, func() { s.publisher.Publish(s.ctx, runtime.TaskDeleteEventTopic, ev) })
 		}
 	}
-	tl.step("guest-delete")
+	tl.Step("guest-delete")
 	p.io.Close()
-	tl.step("io")
+	tl.Step("io")
 	s.mu.Lock()
 	delete(c.procs, r.ExecID)
 	var rest []*proc
@@ -401,9 +402,9 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if sb != nil {
 		sb.Release(ctx, c.id, last)
 	}
-	tl.step("release")
+	tl.Step("release")
 	c.hooks.Poststop(ctx)
-	tl.step("poststop")
+	tl.Step("poststop")
 	os.Remove(filepath.Join(c.bundle, bundle.VMDirFile))
 	if !last && !ended(sb) {
 		s.sizeMu.Lock()

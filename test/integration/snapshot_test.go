@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/qemu-shim/qemu-shim/test/guestimage"
 	"github.com/qemu-shim/qemu-shim/test/rig"
 	"github.com/qemu-shim/qemu-shim/vm"
+	"github.com/qemu-shim/qemu-shim/vm/cmdline"
 	"github.com/qemu-shim/qemu-shim/vm/template"
 )
 
@@ -26,7 +28,8 @@ func TestSnapshotRestore(t *testing.T) {
 	t.Parallel()
 	guestimage.Require(t)
 	ctx := testContext(t)
-	tmpl := bootVM(t, func(c *vm.Config) { c.ForTemplate = true })
+	// Debug: the clones' warm-up says in the console log when it is done.
+	tmpl := bootVM(t, func(c *vm.Config) { c.ForTemplate, c.Debug = true, true })
 	saved := t.TempDir()
 	begin := time.Now()
 	if err := tmpl.SaveState(ctx, saved); err != nil {
@@ -64,6 +67,7 @@ func TestSnapshotRestore(t *testing.T) {
 				c.ID += "-" + strconv.Itoa(n)
 				c.Restore = saved
 				c.AllowedDiskRoots = []string{dir}
+				c.Debug = true
 			})
 			t.Logf("clone %d: restored and adopted in %v", n, time.Since(began))
 			if !inst.Restored() {
@@ -97,6 +101,13 @@ func TestSnapshotRestore(t *testing.T) {
 				return
 			}
 			clones[n] = clone{random: lines[0], bootID: lines[1], clock: lines[2]}
+			// Under TCG the clone warmed its container path up with a
+			// container of its own, deleted once this one had started.
+			if inst.Accel() == cmdline.TCG {
+				if err := waitConsole(ctx, inst, `msg="warmed up"`); err != nil {
+					t.Errorf("clone %d: %v", n, err)
+				}
+			}
 			if n == 0 {
 				if err := inst.SetCPUs(ctx, 2); err != nil {
 					t.Errorf("clone %d: vCPU hot-plug: %v", n, err)
@@ -290,4 +301,26 @@ func rssShmem(t *testing.T, pid int) int64 {
 	}
 	t.Fatalf("/proc/%d/status has no RssShmem", pid)
 	return 0
+}
+
+// waitConsole waits until the VM's console log holds want; a warm-up that
+// failed (its warning) ends the wait at once.
+func waitConsole(ctx context.Context, inst *vm.Instance, want string) error {
+	path := filepath.Join(inst.StateDir(), "console.log")
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		b, _ := os.ReadFile(path)
+		if strings.Contains(string(b), want) {
+			return nil
+		}
+		if i := strings.Index(string(b), "msg=warm-up"); i >= 0 {
+			return fmt.Errorf("console log: %s", strings.SplitN(string(b[i:]), "\n", 2)[0])
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("console log never said %s: %w", want, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }

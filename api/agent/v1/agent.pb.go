@@ -834,7 +834,12 @@ type RestoredRequest struct {
 	// seed is fresh randomness from the host: 32 to 512 bytes.
 	Seed []byte `protobuf:"bytes,1,opt,name=seed,proto3" json:"seed,omitempty"`
 	// unix_time_ns is the host's wall clock when the call was made.
-	UnixTimeNs    int64 `protobuf:"varint,2,opt,name=unix_time_ns,json=unixTimeNs,proto3" json:"unix_time_ns,omitempty"`
+	UnixTimeNs int64 `protobuf:"varint,2,opt,name=unix_time_ns,json=unixTimeNs,proto3" json:"unix_time_ns,omitempty"`
+	// warm_up asks the guest to run a container's create once, in the
+	// background, with a throwaway container: under an emulator (TCG) the
+	// saved state kept no translated code, and the first container then
+	// finds its paths translated. Under KVM it would be work for nothing.
+	WarmUp        bool `protobuf:"varint,3,opt,name=warm_up,json=warmUp,proto3" json:"warm_up,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -881,6 +886,13 @@ func (x *RestoredRequest) GetUnixTimeNs() int64 {
 		return x.UnixTimeNs
 	}
 	return 0
+}
+
+func (x *RestoredRequest) GetWarmUp() bool {
+	if x != nil {
+		return x.WarmUp
+	}
+	return false
 }
 
 var File_api_agent_v1_agent_proto protoreflect.FileDescriptor
@@ -942,11 +954,12 @@ const file_api_agent_v1_agent_proto_rawDesc = "" +
 	"\x15SetCPUsOnlineResponse\x12\x16\n" +
 	"\x06online\x18\x01 \x01(\rR\x06online\x12\x18\n" +
 	"\apresent\x18\x02 \x01(\rR\apresent\"\x10\n" +
-	"\x0ePrepareRequest\"G\n" +
+	"\x0ePrepareRequest\"`\n" +
 	"\x0fRestoredRequest\x12\x12\n" +
 	"\x04seed\x18\x01 \x01(\fR\x04seed\x12 \n" +
 	"\funix_time_ns\x18\x02 \x01(\x03R\n" +
-	"unixTimeNs2\x8a\x05\n" +
+	"unixTimeNs\x12\x17\n" +
+	"\awarm_up\x18\x03 \x01(\bR\x06warmUp2\x8a\x05\n" +
 	"\x05Agent\x12G\n" +
 	"\x04Info\x12\x1e.qemushim.agent.v1.InfoRequest\x1a\x1f.qemushim.agent.v1.InfoResponse\x12Y\n" +
 	"\n" +
