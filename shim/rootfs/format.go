@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -320,12 +319,12 @@ func makeExt4(ctx context.Context, path string, size int64, uuid string) (retErr
 	if err != nil {
 		return fmt.Errorf("rootfs writable layer: %w", err)
 	}
-	args := []string{"-q", "-F"}
+	var args []string
 	if uuid != "" {
 		args = append(args, "-U", uuid)
 	}
-	if out, err := exec.CommandContext(ctx, "mkfs.ext4", append(args, path)...).CombinedOutput(); err != nil {
-		return fmt.Errorf("make writable layer image %s: %v: %s", path, err, out)
+	if err := mkfsExt4(ctx, nil, append(args, path)...); err != nil {
+		return fmt.Errorf("make writable layer image %s: %w", path, err)
 	}
 	return nil
 }

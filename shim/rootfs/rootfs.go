@@ -195,7 +195,7 @@ func (c *Converter) layer(ctx context.Context, dir string) (Disk, error) {
 func (c *Converter) upper(ctx context.Context, bundle, dir string) (Disk, error) {
 	image := filepath.Join(bundle, UpperImageName)
 	os.Remove(image)
-	args := []string{"-q", "-F", "-E", "root_owner=0:0", "-O", "^has_journal"}
+	args := []string{"-O", "^has_journal"}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return Disk{}, fmt.Errorf("writable layer %s: %w", dir, err)
@@ -214,9 +214,9 @@ func (c *Converter) upper(ctx context.Context, bundle, dir string) (Disk, error)
 		args = append(args, "-d", staging)
 	}
 	args = append(args, image, fmt.Sprintf("%dM", c.UpperSizeMiB))
-	if out, err := exec.CommandContext(ctx, "mkfs.ext4", args...).CombinedOutput(); err != nil {
+	if err := mkfsExt4(ctx, []string{"root_owner=0:0"}, args...); err != nil {
 		os.Remove(image)
-		return Disk{}, fmt.Errorf("make writable layer image: %v: %s", err, out)
+		return Disk{}, fmt.Errorf("make writable layer image: %w", err)
 	}
 	return Disk{Path: image, Type: "ext4", Owned: true}, nil
 }
