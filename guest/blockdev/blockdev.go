@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -80,7 +81,7 @@ func Wait(ctx context.Context, sysfs, serial string, wait time.Duration) (Device
 		}
 		if time.Now().After(deadline) {
 			if ok {
-				return Device{}, fmt.Errorf("disk %s with serial %q shows no capacity after %v: %w", d.Name, serial, wait, errdefs.ErrUnavailable)
+				return Device{}, fmt.Errorf("disk %s with serial %q shows no capacity after %v: %w", d.Name, serial, wait, errdefs.ErrFailedPrecondition)
 			}
 			return Device{}, fmt.Errorf("no disk with serial %q after %v: %w", serial, wait, errdefs.ErrNotFound)
 		}
@@ -117,12 +118,26 @@ const (
 	rescanEvery = time.Second
 )
 
-// rescanDisk has the kernel read a SCSI disk's identity and capacity again.
-// A virtio-blk disk takes both from its configuration, which has no rescan.
+// rescanning holds the disks whose rescan is under way.
+var rescanning sync.Map
+
+// rescanDisk has the kernel read a SCSI disk's identity and capacity again,
+// in the background: the write returns only when the device has answered
+// (or its commands timed out, after up to 30 s each), while Wait goes on
+// watching its context and deadline. One rescan of a disk at a time. A
+// virtio-blk disk takes both from its configuration, which has no rescan.
 func rescanDisk(sysfs, name string) {
-	if strings.HasPrefix(name, "sd") {
-		os.WriteFile(filepath.Join(sysfs, "block", name, "device", "rescan"), []byte("1"), 0)
+	if !strings.HasPrefix(name, "sd") {
+		return
 	}
+	path := filepath.Join(sysfs, "block", name, "device", "rescan")
+	if _, busy := rescanning.LoadOrStore(path, true); busy {
+		return
+	}
+	go func() {
+		defer rescanning.Delete(path)
+		os.WriteFile(path, []byte("1"), 0)
+	}()
 }
 
 // ScanSCSI asks each virtio-scsi controller for the LUNs of its target 0,

@@ -62,10 +62,21 @@ func TestWaitRescansADiskWithoutCapacity(t *testing.T) {
 	os.WriteFile(filepath.Join(sd, "size"), []byte("0\n"), 0o644)
 	os.WriteFile(filepath.Join(sd, "device", "rescan"), nil, 0o644)
 	_, err := Wait(context.Background(), sys, "l8", rescanEvery+300*time.Millisecond)
-	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "sdb") {
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "sdb") {
 		t.Errorf("disk without capacity: %v", err)
 	}
-	if b, _ := os.ReadFile(filepath.Join(sd, "device", "rescan")); string(b) != "1" {
+	// The rescan runs in the background: wait for it to be done.
+	path := filepath.Join(sd, "device", "rescan")
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if _, busy := rescanning.Load(path); !busy {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the rescan never ended")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "1" {
 		t.Errorf("rescan attribute holds %q, want 1", b)
 	}
 }

@@ -160,7 +160,9 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		}
 		p.mu.Unlock()
 		s.publish(topicStart, &eventstypes.TaskStart{ContainerID: r.ID, Pid: uint32(p.pid)})
-		s.startedOnce.Do(func() { close(s.started) })
+		if s.started != nil {
+			s.startedOnce.Do(func() { close(s.started) })
+		}
 		return &taskAPI.StartResponse{Pid: uint32(p.pid)}, nil
 	}
 	if c.init.getState() != procRunning {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"time"
 
@@ -36,57 +37,57 @@ func (s *Service) Warm(ctx context.Context) error {
 		return nil
 	}
 	if err := os.MkdirAll(s.cfg.Root, 0o711); err != nil {
-		return err
+		return fmt.Errorf("warm-up bundle: %w", err)
 	}
 	dir, err := os.MkdirTemp(s.cfg.Root, ".warm-")
 	if err != nil {
-		return err
+		return fmt.Errorf("warm-up bundle: %w", err)
 	}
 	defer os.RemoveAll(dir)
 	rootfs := filepath.Join(dir, "rootfs")
 	for _, d := range []string{"proc", "dev", "sys"} {
 		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
-			return err
+			return fmt.Errorf("warm-up bundle: %w", err)
 		}
 	}
 	// The runtime checks at create that the process can be executed; it
 	// never is.
 	if err := os.WriteFile(filepath.Join(rootfs, "warm"), nil, 0o755); err != nil {
-		return err
+		return fmt.Errorf("warm-up bundle: %w", err)
 	}
 	b, err := json.Marshal(s.warmSpec())
+	if err == nil {
+		var spec specs.Spec
+		if err = json.Unmarshal(b, &spec); err == nil {
+			b, err = json.Marshal(&spec)
+		}
+	}
 	if err != nil {
-		return err
-	}
-	var spec specs.Spec
-	if err := json.Unmarshal(b, &spec); err != nil {
-		return err
-	}
-	if b, err = json.Marshal(&spec); err != nil {
-		return err
+		return fmt.Errorf("warm-up spec: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o600); err != nil {
-		return err
+		return fmt.Errorf("warm-up bundle: %w", err)
 	}
 	// Files, not pipes: the runtime's output would otherwise be read
 	// until the container's init, which inherits it, is gone.
 	null, err := runc.NewNullIO()
 	if err != nil {
-		return err
+		return fmt.Errorf("warm-up stdio: %w", err)
 	}
 	defer null.Close()
 	r := *rt
 	r.Log = filepath.Join(dir, "log.json")
 	if err := r.Create(ctx, warmID, dir, &runc.CreateOpts{IO: null, PidFile: filepath.Join(dir, "pid")}); err != nil {
 		r.Delete(context.WithoutCancel(ctx), warmID, &runc.DeleteOpts{Force: true})
-		return fmt.Errorf("create: %w: %s", err, lastRuncError(r.Log))
+		return fmt.Errorf("warm-up container %s: %s create: %w: %s", warmID, s.cfg.DefaultRuntime, err, lastRuncError(r.Log))
 	}
 	select {
 	case <-s.started:
 	case <-time.After(warmDeleteWait):
 	}
 	if err := r.Delete(context.WithoutCancel(ctx), warmID, &runc.DeleteOpts{Force: true}); err != nil {
-		return fmt.Errorf("delete: %w: %s", err, lastRuncError(r.Log))
+		// Its state and cgroup stay until the VM ends.
+		return fmt.Errorf("warm-up container %s, left until the VM ends: %s delete: %w: %s", warmID, s.cfg.DefaultRuntime, err, lastRuncError(r.Log))
 	}
 	debugTook(ctx, "warmed up", began)
 	return nil
@@ -124,7 +125,7 @@ func (s *Service) warmSpec() *specs.Spec {
 			{Destination: "/run", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
 		},
 		Linux: &specs.Linux{
-			CgroupsPath: filepath.Join(CgroupParent, warmID),
+			CgroupsPath: path.Join(CgroupParent, warmID),
 			Namespaces:  nss,
 			MaskedPaths: []string{"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
 				"/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/sys/devices/virtual/powercap", "/proc/scsi"},

@@ -1,11 +1,14 @@
 package rootfs
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os/exec"
 	"strings"
 	"sync/atomic"
+
+	"github.com/containerd/log"
 )
 
 // prezeroedRefused is set once mke2fs has refused assume_storage_prezeroed.
@@ -31,13 +34,15 @@ func mkfsExt4(ctx context.Context, extended []string, args ...string) error {
 		if err == nil {
 			return nil
 		}
-		if !strings.Contains(string(out), "assume_storage_prezeroed") && !strings.Contains(string(out), "Bad option") {
-			return fmt.Errorf("%v: %s", err, out)
+		// mke2fs names the option it does not know.
+		if !strings.Contains(string(out), "assume_storage_prezeroed") {
+			return fmt.Errorf("mkfs.ext4: %w: %s", err, bytes.TrimSpace(out))
 		}
+		log.G(ctx).WithField("output", string(bytes.TrimSpace(out))).Debug("mkfs.ext4 does not know assume_storage_prezeroed: images are made without it")
 		prezeroedRefused.Store(true)
 	}
 	if out, err := run(extended); err != nil {
-		return fmt.Errorf("%v: %s", err, out)
+		return fmt.Errorf("mkfs.ext4: %w: %s", err, bytes.TrimSpace(out))
 	}
 	return nil
 }
