@@ -125,6 +125,12 @@ type Config struct {
 	// ForTemplate boots the VM to be saved (SaveState): its RAM lives in a
 	// memory file of the shim's, which SaveState writes out.
 	ForTemplate bool
+	// WarmUp asks a guest restored under TCG to run a throwaway
+	// container's create at once, on its idle vCPU (see agent
+	// RestoredRequest.warm_up): the first container then finds the
+	// emulator's code translated. It costs the VM's emulator the code it
+	// translates for it.
+	WarmUp bool
 }
 
 // Disk is a disk image handed to the guest. The guest finds it by ID, which

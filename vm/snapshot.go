@@ -230,7 +230,7 @@ func (i *Instance) adoptRestored(ctx context.Context) error {
 	if _, err := rand.Read(seed); err != nil {
 		return err
 	}
-	if _, err := i.agent.Restored(ctx, &agentapi.RestoredRequest{Seed: seed, UnixTimeNs: time.Now().UnixNano(), WarmUp: i.accel == cmdline.TCG}); err != nil {
+	if _, err := i.agent.Restored(ctx, &agentapi.RestoredRequest{Seed: seed, UnixTimeNs: time.Now().UnixNano(), WarmUp: i.cfg.WarmUp && i.accel == cmdline.TCG}); err != nil {
 		return fmt.Errorf("reseed the restored guest: %w", err)
 	}
 	if i.cfg.Share != nil {

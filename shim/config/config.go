@@ -46,6 +46,9 @@ type Template struct {
 	// MaxAge is how long a template nobody restored from is kept; zero
 	// keeps them.
 	MaxAge Duration `toml:"max_age"`
+	// WarmUp has a VM restored under TCG warm its container path up (see
+	// vm.Config.WarmUp).
+	WarmUp bool `toml:"warm_up"`
 }
 
 // VM configures each VM.

@@ -72,6 +72,7 @@ func restore(ctx context.Context, cfg config.Config, vcfg vm.Config) (*vm.Instan
 	vcfg.CPUs, vcfg.MaxCPUs, vcfg.MemoryMiB, vcfg.MaxMemoryMiB, vcfg.VirtioMemMiB =
 		t.CPUs, t.MaxCPUs, t.MemoryMiB, t.MaxMemoryMiB, t.VirtioMemMiB
 	vcfg.Restore = saved
+	vcfg.WarmUp = cfg.Template.WarmUp
 	vcfg.BootTimeout = min(vcfg.BootTimeout, restoreTimeout)
 	inst, err := vm.New(vcfg)
 	if err != nil {

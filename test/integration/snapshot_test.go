@@ -67,7 +67,7 @@ func TestSnapshotRestore(t *testing.T) {
 				c.ID += "-" + strconv.Itoa(n)
 				c.Restore = saved
 				c.AllowedDiskRoots = []string{dir}
-				c.Debug = true
+				c.Debug, c.WarmUp = true, true
 			})
 			t.Logf("clone %d: restored and adopted in %v", n, time.Since(began))
 			if !inst.Restored() {
