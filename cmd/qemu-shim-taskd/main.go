@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -29,6 +30,7 @@ import (
 	"github.com/qemu-shim/qemu-shim/api/wire"
 	"github.com/qemu-shim/qemu-shim/guest/boot"
 	"github.com/qemu-shim/qemu-shim/guest/network"
+	"github.com/qemu-shim/qemu-shim/guest/stuck"
 	"github.com/qemu-shim/qemu-shim/guest/task"
 	"github.com/qemu-shim/qemu-shim/internal/transport/conn"
 )
@@ -58,6 +60,16 @@ func main() {
 		fmt.Fprintf(os.Stderr, "qemu-shim-taskd: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+// stuckCall is how long a call runs before taskd logs what it waits on:
+// far longer than any call takes, well within the host's deadlines.
+const stuckCall = 30 * time.Second
+
+// serviceStack chooses the goroutines a stuck call's report shows: those
+// in the guest's own packages or running the OCI runtime.
+func serviceStack(stack string) bool {
+	return strings.Contains(stack, "qemu-shim/guest/") || strings.Contains(stack, "go-runc")
 }
 
 func fileExists(path string) bool {
@@ -97,7 +109,8 @@ func run(ctx context.Context, socket, root string, runtimes map[string]string, d
 	unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
 	log.G(ctx).WithField("uptime", time.Duration(ts.Nano())).Debug("task service listening")
 	demux := conn.NewDemux(l, conn.KindTask, nil)
-	server, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, unmarshal ttrpc.Unmarshaler, _ *ttrpc.UnaryServerInfo, method ttrpc.Method) (interface{}, error) {
+	server, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (interface{}, error) {
+		defer stuck.Watch(ctx, info.FullMethod, stuckCall, "/proc", serviceStack)()
 		resp, err := method(ctx, unmarshal)
 		return resp, errgrpc.ToGRPC(err)
 	}))

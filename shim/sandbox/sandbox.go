@@ -67,6 +67,9 @@ type Sandbox interface {
 	Done() <-chan struct{}
 	// ExitStatus says how the VM ended, once it has.
 	ExitStatus() string
+	// ConsoleTail is the end of what the guest wrote to its console (at
+	// most max bytes): what explains a guest that does not answer.
+	ConsoleTail(max int) []byte
 	// Stop ends the VM and releases everything it held; Kill does so at
 	// once, without asking a guest that may not answer.
 	Stop(ctx context.Context) error

@@ -155,6 +155,9 @@ func (v *VM) Done() <-chan struct{} { return v.inst.Done() }
 // ExitStatus says how QEMU ended.
 func (v *VM) ExitStatus() string { return v.inst.ExitStatus() }
 
+// ConsoleTail is the end of the guest's console.
+func (v *VM) ConsoleTail(max int) []byte { return v.inst.ConsoleTail(max) }
+
 // running says whether the guest can still be asked anything.
 func (v *VM) running() bool { return v.inst.State() == vm.StateRunning }
 

@@ -168,9 +168,10 @@ func (f *fakeSandbox) Shrink(ctx context.Context, cpus, memMiB int) {
 	f.sizes = append(f.sizes, fmt.Sprintf("shrink %d %d", cpus, memMiB))
 	f.mu.Unlock()
 }
-func (f *fakeSandbox) StateDir() string      { return "/run/qemu-shim/fake" }
-func (f *fakeSandbox) Done() <-chan struct{} { return f.done }
-func (f *fakeSandbox) ExitStatus() string    { return "killed" }
+func (f *fakeSandbox) StateDir() string       { return "/run/qemu-shim/fake" }
+func (f *fakeSandbox) Done() <-chan struct{}  { return f.done }
+func (f *fakeSandbox) ExitStatus() string     { return "killed" }
+func (f *fakeSandbox) ConsoleTail(int) []byte { return []byte("console") }
 func (f *fakeSandbox) Stop(ctx context.Context) error {
 	f.stop.Do(func() { close(f.done) })
 	return nil

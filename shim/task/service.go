@@ -138,6 +138,10 @@ func unanswered(err error) bool {
 		errdefs.IsUnavailable(errgrpc.ToNative(err))
 }
 
+// unansweredConsole is how much of the guest's console a call the guest
+// did not answer logs.
+const unansweredConsole = 12 << 10
+
 // guestCall makes a call to the guest's task service with a deadline.
 // The guest's errors come back as it sent them (gRPC status); a guest
 // that does not answer in time is an error that says so.
@@ -155,6 +159,9 @@ func guestCall[Resp any](ctx context.Context, s *Service, sb sandbox.Sandbox, wh
 	resp, err := call(cctx, a)
 	log.G(ctx).WithField("call", what).WithField("took", time.Since(began)).Debug("guest call")
 	if err != nil && ctx.Err() == nil && cctx.Err() != nil {
+		// The guest's task service logs what a call that runs far too
+		// long waits on; the console has it.
+		log.G(ctx).WithField("call", what).Warnf("the guest did not answer within %v; the end of its console:\n%s", timeout, sb.ConsoleTail(unansweredConsole))
 		return nil, fmt.Errorf("%s: the guest did not answer within %v: %w", what, timeout, context.DeadlineExceeded)
 	}
 	return resp, err

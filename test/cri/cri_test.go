@@ -47,11 +47,7 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	if code != 0 {
 		fmt.Fprintf(os.Stderr, "containerd log (end):\n%s\n", d.LogTail(8000))
-		// The whole log (the shims' lines with it) outlives the daemon's
-		// directory: a failure early in a long critest run is far from
-		// the end.
-		kept := filepath.Join(os.TempDir(), "qemu-shim-cri-containerd.log")
-		if err := os.WriteFile(kept, []byte(d.LogTail(1<<62)), 0o644); err == nil {
+		if kept, err := d.KeepLog("qemu-shim-cri-containerd.log"); err == nil {
 			fmt.Fprintf(os.Stderr, "containerd's whole log: %s\n", kept)
 		}
 	}

@@ -452,6 +452,19 @@ func (d *Daemon) LogTail(n int) string {
 	return string(b)
 }
 
+// KeepLog copies containerd's whole log (the shims' lines with it) to
+// name in the temporary directory, where it outlives the daemon's
+// directories, and returns its path: a failure early in a long run is far
+// from the log's end.
+func (d *Daemon) KeepLog(name string) (string, error) {
+	b, err := os.ReadFile(d.log)
+	if err != nil {
+		return "", err
+	}
+	kept := filepath.Join(os.TempDir(), name)
+	return kept, os.WriteFile(kept, b, 0o644)
+}
+
 // Close stops containerd and removes its directories.
 func (d *Daemon) Close() {
 	if d.Client != nil {

@@ -45,6 +45,9 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	if code != 0 {
 		fmt.Fprintf(os.Stderr, "containerd log (end):\n%s\n", d.LogTail(8000))
+		if kept, err := d.KeepLog("qemu-shim-e2e-containerd.log"); err == nil {
+			fmt.Fprintf(os.Stderr, "containerd's whole log: %s\n", kept)
+		}
 	}
 	d.Close()
 	os.Exit(code)

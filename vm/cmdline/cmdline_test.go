@@ -148,7 +148,7 @@ func TestKernel(t *testing.T) {
 	if err := k.Add("quiet", "panic=5", "maxcpus=2"); err != nil {
 		t.Fatal(err)
 	}
-	want := "console=ttyS0 quiet panic=5 memhp_default_state=online_movable cryptomgr.notests swiotlb=noforce qemu_shim.transport=serial maxcpus=2"
+	want := "console=ttyS0 quiet panic=5 memhp_default_state=online_movable cryptomgr.notests swiotlb=noforce sysctl.kernel.hung_task_timeout_secs=20 qemu_shim.transport=serial maxcpus=2"
 	if got := k.String(); got != want {
 		t.Errorf("got  %q\nwant %q", got, want)
 	}

@@ -17,6 +17,11 @@ var DefaultKernelParams = []string{
 	// cannot reach that memory. Every device here is virtio, which
 	// addresses all of the guest's memory and never bounces.
 	"swiotlb=noforce",
+	// A task blocked in the kernel for 20 s is reported on the console
+	// with its stack (the default, 120 s, is as long as the shim waits for
+	// a create): the shim logs the console's end when the guest does not
+	// answer.
+	"sysctl.kernel.hung_task_timeout_secs=20",
 }
 
 // Kernel builds a kernel command line. Later values of a key replace

@@ -1,0 +1,39 @@
+package stuck
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestProcessesListsThisProcess(t *testing.T) {
+	out := Processes("/proc")
+	me := strconv.Itoa(os.Getpid()) + " " + strconv.Itoa(os.Getppid()) + " "
+	if !strings.Contains(out, "\n"+me) {
+		t.Fatalf("no line for this process (%q) in:\n%s", me, out)
+	}
+}
+
+func TestProcessesReadsACommandWithSpaces(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "42")
+	os.Mkdir(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, "stat"), []byte("42 (a b) D 7 42 42 0 -1"), 0o644)
+	os.WriteFile(filepath.Join(dir, "wchan"), []byte("blk_mq_get_tag"), 0o644)
+	os.WriteFile(filepath.Join(dir, "cmdline"), []byte("crun\x00create\x00x\x00"), 0o644)
+	if got, want := Processes(root), "42 7 D blk_mq_get_tag crun create x\n"; !strings.HasSuffix(got, want) {
+		t.Fatalf("got:\n%s\nwant a last line %q", got, want)
+	}
+}
+
+func TestReportKeepsOnlyChosenGoroutinesAndIsBounded(t *testing.T) {
+	r := Report("/proc", func(stack string) bool { return strings.Contains(stack, "TestReportKeeps") })
+	if !strings.Contains(r, "TestReportKeeps") || strings.Contains(r, "testing.(*M).Run") {
+		t.Fatalf("report:\n%s", r)
+	}
+	if len(r) > MaxReport+len("\n[cut]") {
+		t.Fatalf("report of %d bytes", len(r))
+	}
+}
