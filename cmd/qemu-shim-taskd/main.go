@@ -99,6 +99,10 @@ func run(ctx context.Context, socket, root string, runtimes map[string]string, d
 	if bin, ok := runtimes[defaultRuntime]; ok {
 		go exec.Command(bin, "--version").Run()
 	}
+	// Before the service answers, so before a template is saved.
+	if err := task.PrepareCgroupParent("/sys/fs/cgroup"); err != nil {
+		log.G(ctx).WithError(err).Warn("prepare the containers' cgroup")
+	}
 	os.Remove(socket)
 	l, err := net.Listen("unix", socket)
 	if err != nil {

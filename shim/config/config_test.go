@@ -23,7 +23,7 @@ func TestDefaultsAreValid(t *testing.T) {
 	if len(c.Operator.DiskRoots) != 1 || c.Operator.DiskRoots[0] != "/var/lib/qemu-shim/disks" {
 		t.Errorf("operator.disk_roots: %q", c.Operator.DiskRoots)
 	}
-	if !c.Template.Enabled || !c.Template.WarmUp {
+	if !c.Template.Enabled || c.Template.WarmUp {
 		t.Errorf("template: %+v", c.Template)
 	}
 }
@@ -31,12 +31,12 @@ func TestDefaultsAreValid(t *testing.T) {
 func TestLoad(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.toml")
-	os.WriteFile(good, []byte("[vm]\ncpus = 2\nkernel = \"/k\"\n[template]\nwarm_up = false\n"), 0o644)
+	os.WriteFile(good, []byte("[vm]\ncpus = 2\nkernel = \"/k\"\n[template]\nwarm_up = true\n"), 0o644)
 	c, err := Load(good)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Template.WarmUp || !c.Template.Enabled {
+	if !c.Template.WarmUp || !c.Template.Enabled {
 		t.Errorf("template: %+v", c.Template)
 	}
 	if c.VM.CPUs != 2 || c.VM.Kernel != "/k" || c.VM.MemoryMiB != 256 {
