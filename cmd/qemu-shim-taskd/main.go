@@ -114,7 +114,10 @@ func run(ctx context.Context, socket, root string, runtimes map[string]string, d
 	log.G(ctx).WithField("uptime", time.Duration(ts.Nano())).Debug("task service listening")
 	demux := conn.NewDemux(l, conn.KindTask, nil)
 	server, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (interface{}, error) {
-		defer stuck.Watch(ctx, info.FullMethod, stuckCall, "/proc", serviceStack)()
+		// Wait answers when the process exits, however long that is.
+		if !strings.HasSuffix(info.FullMethod, "/Wait") {
+			defer stuck.Watch(ctx, info.FullMethod, stuckCall, "/proc", serviceStack)()
+		}
 		resp, err := method(ctx, unmarshal)
 		return resp, errgrpc.ToGRPC(err)
 	}))
