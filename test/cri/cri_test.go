@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,6 +54,15 @@ func TestMain(m *testing.M) {
 		}
 	}
 	crismoke.RemoveAllPods(d)
+	// Not a failure yet: a run of 2026-12-03 left two idle qemu shims (no
+	// VM, never shut down) and its log was not kept; this keeps the next.
+	if left := d.LeftShims(30 * time.Second); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "cri: shims still running once every pod was removed:\n%s\n", strings.Join(left, "\n"))
+		if kept, err := d.KeepLog("qemu-shim-cri-leftshims.log"); err == nil {
+			fmt.Fprintf(os.Stderr, "containerd's whole log: %s\n", kept)
+		}
+		exec.Command("pkill", "-f", "containerd-shim.* -address "+d.Socket+"$").Run()
+	}
 	d.Close()
 	os.Exit(code)
 }

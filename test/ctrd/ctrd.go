@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -463,6 +464,24 @@ func (d *Daemon) KeepLog(name string) (string, error) {
 	}
 	kept := filepath.Join(os.TempDir(), name)
 	return kept, os.WriteFile(kept, b, 0o644)
+}
+
+// LeftShims waits up to wait for the shims of this containerd to exit and
+// returns those still running (pid and command line); none once every
+// task and pod is gone.
+func (d *Daemon) LeftShims(wait time.Duration) []string {
+	deadline := time.Now().Add(wait)
+	for {
+		out, _ := exec.Command("pgrep", "-af", "containerd-shim.* -address "+d.Socket+"$").Output()
+		left := strings.TrimSpace(string(out))
+		if left == "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return strings.Split(left, "\n")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // Close stops containerd and removes its directories.
