@@ -62,9 +62,20 @@ func main() {
 	}
 }
 
-// stuckCall is how long a call runs before taskd logs what it waits on:
-// far longer than any call takes, well within the host's deadlines.
+// stuckCall is how long a call runs at most before taskd logs what it
+// waits on: far longer than any call takes.
 const stuckCall = 30 * time.Second
+
+// stuckAfter is when a call's report is due: stuckCall, or half of what is
+// left of the host's deadline, so that the report is on the console before
+// the host gives up and logs the console's end.
+func stuckAfter(ctx context.Context) time.Duration {
+	after := stuckCall
+	if dl, ok := ctx.Deadline(); ok {
+		after = min(after, time.Until(dl)/2)
+	}
+	return max(after, time.Second)
+}
 
 // serviceStack chooses the goroutines a stuck call's report shows: those
 // in the guest's own packages or running the OCI runtime.
@@ -116,7 +127,7 @@ func run(ctx context.Context, socket, root string, runtimes map[string]string, d
 	server, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (interface{}, error) {
 		// Wait answers when the process exits, however long that is.
 		if !strings.HasSuffix(info.FullMethod, "/Wait") {
-			defer stuck.Watch(ctx, info.FullMethod, stuckCall, "/proc", serviceStack)()
+			defer stuck.Watch(ctx, info.FullMethod, stuckAfter(ctx), "/proc", serviceStack)()
 		}
 		resp, err := method(ctx, unmarshal)
 		return resp, errgrpc.ToGRPC(err)

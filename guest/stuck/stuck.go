@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/containerd/log"
 )
@@ -34,29 +35,45 @@ func Watch(ctx context.Context, what string, after time.Duration, procRoot strin
 	return func() { t.Stop() }
 }
 
-// Report lists the goroutines whose stack keep accepts (all if keep is
-// nil), then the processes under procRoot (normally /proc), at most
-// MaxReport bytes in all.
+// Report lists the processes under procRoot (normally /proc), then the
+// goroutines whose stack keep accepts (all if keep is nil) while they fit:
+// at most MaxReport bytes in all.
 func Report(procRoot string, keep func(stack string) bool) string {
 	var b strings.Builder
+	b.WriteString(cut(Processes(procRoot), MaxReport/2))
 	buf := make([]byte, 256<<10)
 	buf = buf[:runtime.Stack(buf, true)]
 	for _, g := range bytes.Split(buf, []byte("\n\n")) {
-		if keep == nil || keep(string(g)) {
-			b.Write(g)
-			b.WriteString("\n\n")
+		if keep != nil && !keep(string(g)) {
+			continue
 		}
+		if b.Len()+len(g)+2 > MaxReport {
+			b.WriteString("\n[more goroutines cut]")
+			break
+		}
+		b.WriteString("\n")
+		b.Write(g)
+		b.WriteString("\n")
 	}
-	b.WriteString(Processes(procRoot))
-	s := b.String()
-	if len(s) > MaxReport {
-		s = s[:MaxReport] + "\n[cut]"
+	return b.String()
+}
+
+// cut shortens s to at most n bytes, on a character boundary.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return s
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "\n[cut]\n"
 }
 
 // Processes lists the processes under procRoot, one a line: pid, parent,
-// state, the kernel function it sleeps in, and its command line.
+// state, the kernel function it sleeps in, and its command line (its name
+// in brackets when it has none: a zombie, or a kernel thread, which is
+// left out unless it is blocked); then the kernel stack of each process
+// blocked in the kernel (state D).
 func Processes(procRoot string) string {
 	entries, err := os.ReadDir(procRoot)
 	if err != nil {
@@ -69,43 +86,49 @@ func Processes(procRoot string) string {
 		}
 	}
 	sort.Ints(pids)
-	var b strings.Builder
+	var b, stacks strings.Builder
 	b.WriteString("pid ppid state wchan cmdline\n")
 	for _, pid := range pids {
 		dir := filepath.Join(procRoot, strconv.Itoa(pid))
-		ppid, state := statFields(dir)
+		comm, ppid, state := statFields(dir)
 		wchan, _ := os.ReadFile(filepath.Join(dir, "wchan"))
 		cmdline, _ := os.ReadFile(filepath.Join(dir, "cmdline"))
-		cmd := strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))
-		if len(cmd) > 120 {
-			cmd = cmd[:120] + "…"
-		}
+		cmd := cut(strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " ")), 120)
 		if cmd == "" {
-			continue // a kernel thread
+			if state != "Z" && state != "D" {
+				continue // a kernel thread at work or asleep
+			}
+			cmd = "[" + comm + "]"
 		}
 		w := string(wchan)
 		if w == "" || w == "0" {
 			w = "-"
 		}
 		fmt.Fprintf(&b, "%d %s %s %s %s\n", pid, ppid, state, w, cmd)
+		if state == "D" {
+			if st, err := os.ReadFile(filepath.Join(dir, "stack")); err == nil {
+				fmt.Fprintf(&stacks, "%d's kernel stack:\n%s", pid, cut(string(st), 1024))
+			}
+		}
 	}
+	b.WriteString(stacks.String())
 	return b.String()
 }
 
-// statFields reads a process's parent and state from its stat file, whose
-// second field (the command, in parentheses) may hold spaces.
-func statFields(dir string) (ppid, state string) {
+// statFields reads a process's name, parent and state from its stat file,
+// whose second field (the name, in parentheses) may hold spaces.
+func statFields(dir string) (comm, ppid, state string) {
 	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
 	if err != nil {
-		return "?", "?"
+		return "?", "?", "?"
 	}
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return "?", "?"
+	open, end := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
+	if open < 0 || end < open {
+		return "?", "?", "?"
 	}
-	f := strings.Fields(string(stat[i+1:]))
+	f := strings.Fields(string(stat[end+1:]))
 	if len(f) < 2 {
-		return "?", "?"
+		return "?", "?", "?"
 	}
-	return f[1], f[0]
+	return string(stat[open+1 : end]), f[1], f[0]
 }

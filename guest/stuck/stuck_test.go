@@ -37,3 +37,22 @@ func TestReportKeepsOnlyChosenGoroutinesAndIsBounded(t *testing.T) {
 		t.Fatalf("report of %d bytes", len(r))
 	}
 }
+
+func TestProcessesNamesAZombieAndShowsABlockedStack(t *testing.T) {
+	root := t.TempDir()
+	for pid, stat := range map[string]string{"7": "7 (crun) Z 1 7", "8": "8 (kworker/0:1) D 2 0", "9": "9 (kthreadd) S 0 0"} {
+		dir := filepath.Join(root, pid)
+		os.Mkdir(dir, 0o755)
+		os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644)
+	}
+	os.WriteFile(filepath.Join(root, "8", "stack"), []byte("[<0>] blk_mq_get_tag+0x1/0x2\n"), 0o644)
+	got := Processes(root)
+	for _, want := range []string{"7 1 Z - [crun]\n", "8 2 D - [kworker/0:1]\n", "8's kernel stack:\n[<0>] blk_mq_get_tag"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no %q in:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "kthreadd") {
+		t.Errorf("a sleeping kernel thread listed:\n%s", got)
+	}
+}

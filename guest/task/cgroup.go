@@ -1,6 +1,7 @@
 package task
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,21 +10,22 @@ import (
 
 // PrepareCgroupParent makes CgroupParent below the cgroup v2 hierarchy at
 // root with every controller enabled for its children, as the OCI runtime
-// would for the first container: at boot, before a template is saved and
-// while nothing else runs. A first non-root memory cgroup switches kernel
+// would for the first container: at boot, before any container and before
+// a template is saved. A first non-root memory cgroup switches kernel
 // static keys, which rewrites kernel code while the other vCPUs run it; a
-// restored VM then never does that under its containers (under an
-// emulator, a vCPU was seen to spin on a rewritten instruction for good),
-// and its first create does less.
+// restored VM then does not do that under its first container (under an
+// emulator, vCPUs were seen to spin on a rewritten instruction for good),
+// and its first create does less. Other keys still switch with the
+// containers that need them (a first CPU limit, a first device filter).
+// A controller the kernel refuses is named in the error; the others, and
+// the parent, are made all the same.
 func PrepareCgroupParent(root string) error {
 	parent := filepath.Join(root, CgroupParent)
-	if err := enableControllers(root); err != nil {
-		return err
-	}
+	errRoot := enableControllers(root)
 	if err := os.Mkdir(parent, 0o755); err != nil && !os.IsExist(err) {
-		return fmt.Errorf("cgroup %s: %w", CgroupParent, err)
+		return errors.Join(errRoot, fmt.Errorf("cgroup %s: %w", CgroupParent, err))
 	}
-	return enableControllers(parent)
+	return errors.Join(errRoot, enableControllers(parent))
 }
 
 // enableControllers enables for dir's children each controller dir has.
@@ -40,13 +42,13 @@ func enableControllers(dir string) error {
 		return nil
 	}
 	control := filepath.Join(dir, "cgroup.subtree_control")
-	if err := os.WriteFile(control, []byte(strings.Join(words, " ")), 0); err == nil {
+	if err := os.WriteFile(control, []byte(strings.Join(words, " ")), 0o644); err == nil {
 		return nil
 	}
 	// One at a time: a controller the kernel refuses leaves the others on.
 	var failed []string
 	for _, w := range words {
-		if err := os.WriteFile(control, []byte(w), 0); err != nil {
+		if err := os.WriteFile(control, []byte(w), 0o644); err != nil {
 			failed = append(failed, fmt.Sprintf("%s: %v", w, err))
 		}
 	}

@@ -159,8 +159,8 @@ func guestCall[Resp any](ctx context.Context, s *Service, sb sandbox.Sandbox, wh
 	resp, err := call(cctx, a)
 	log.G(ctx).WithField("call", what).WithField("took", time.Since(began)).Debug("guest call")
 	if err != nil && ctx.Err() == nil && cctx.Err() != nil {
-		// The guest's task service logs what a call that runs far too
-		// long waits on; the console has it.
+		// The guest's task service logs what a call waits on halfway to
+		// its deadline; the console has it.
 		log.G(ctx).WithField("call", what).Warnf("the guest did not answer within %v; the end of its console:\n%s", timeout, sb.ConsoleTail(unansweredConsole))
 		return nil, fmt.Errorf("%s: the guest did not answer within %v: %w", what, timeout, context.DeadlineExceeded)
 	}

@@ -61,7 +61,7 @@ func TestMain(m *testing.M) {
 		if kept, err := d.KeepLog("qemu-shim-cri-leftshims.log"); err == nil {
 			fmt.Fprintf(os.Stderr, "containerd's whole log: %s\n", kept)
 		}
-		exec.Command("pkill", "-f", "containerd-shim.* -address "+d.Socket+"$").Run()
+		exec.Command("pkill", "-f", d.ShimPattern()).Run()
 	}
 	d.Close()
 	os.Exit(code)

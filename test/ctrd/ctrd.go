@@ -466,13 +466,17 @@ func (d *Daemon) KeepLog(name string) (string, error) {
 	return kept, os.WriteFile(kept, b, 0o644)
 }
 
+// ShimPattern matches the command lines of this containerd's shims (for
+// pgrep and pkill).
+func (d *Daemon) ShimPattern() string { return "containerd-shim.* -address " + d.Socket + "( |$)" }
+
 // LeftShims waits up to wait for the shims of this containerd to exit and
 // returns those still running (pid and command line); none once every
 // task and pod is gone.
 func (d *Daemon) LeftShims(wait time.Duration) []string {
 	deadline := time.Now().Add(wait)
 	for {
-		out, _ := exec.Command("pgrep", "-af", "containerd-shim.* -address "+d.Socket+"$").Output()
+		out, _ := exec.Command("pgrep", "-af", d.ShimPattern()).Output()
 		left := strings.TrimSpace(string(out))
 		if left == "" {
 			return nil
