@@ -40,7 +40,7 @@ func Watch(ctx context.Context, what string, after time.Duration, procRoot strin
 // at most MaxReport bytes in all.
 func Report(procRoot string, keep func(stack string) bool) string {
 	var b strings.Builder
-	b.WriteString(cut(Processes(procRoot), MaxReport/2))
+	b.WriteString(cut(Processes(procRoot), MaxReport/2, "\n[cut]\n"))
 	buf := make([]byte, 256<<10)
 	buf = buf[:runtime.Stack(buf, true)]
 	for _, g := range bytes.Split(buf, []byte("\n\n")) {
@@ -58,15 +58,16 @@ func Report(procRoot string, keep func(stack string) bool) string {
 	return b.String()
 }
 
-// cut shortens s to at most n bytes, on a character boundary.
-func cut(s string, n int) string {
+// cut shortens s to at most n bytes, on a character boundary, and marks
+// where it was cut.
+func cut(s string, n int, mark string) string {
 	if len(s) <= n {
 		return s
 	}
 	for n > 0 && !utf8.RuneStart(s[n]) {
 		n--
 	}
-	return s[:n] + "\n[cut]\n"
+	return s[:n] + mark
 }
 
 // Processes lists the processes under procRoot, one a line: pid, parent,
@@ -93,7 +94,7 @@ func Processes(procRoot string) string {
 		comm, ppid, state := statFields(dir)
 		wchan, _ := os.ReadFile(filepath.Join(dir, "wchan"))
 		cmdline, _ := os.ReadFile(filepath.Join(dir, "cmdline"))
-		cmd := cut(strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " ")), 120)
+		cmd := cut(strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " ")), 120, "…")
 		if cmd == "" {
 			if state != "Z" && state != "D" {
 				continue // a kernel thread at work or asleep
@@ -107,7 +108,7 @@ func Processes(procRoot string) string {
 		fmt.Fprintf(&b, "%d %s %s %s %s\n", pid, ppid, state, w, cmd)
 		if state == "D" {
 			if st, err := os.ReadFile(filepath.Join(dir, "stack")); err == nil {
-				fmt.Fprintf(&stacks, "%d's kernel stack:\n%s", pid, cut(string(st), 1024))
+				fmt.Fprintf(&stacks, "%d's kernel stack:\n%s", pid, cut(string(st), 1024, "\n[cut]\n"))
 			}
 		}
 	}

@@ -56,3 +56,15 @@ func TestProcessesNamesAZombieAndShowsABlockedStack(t *testing.T) {
 		t.Errorf("a sleeping kernel thread listed:\n%s", got)
 	}
 }
+
+func TestProcessesKeepsALongCommandOnItsLine(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "5")
+	os.Mkdir(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, "stat"), []byte("5 (sh) S 1 5"), 0o644)
+	os.WriteFile(filepath.Join(dir, "cmdline"), []byte("sh\x00-c\x00"+strings.Repeat("x", 300)), 0o644)
+	lines := strings.Split(strings.TrimSpace(Processes(root)), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[1], "5 1 S - sh -c x") || !strings.HasSuffix(lines[1], "…") {
+		t.Fatalf("got:\n%s", strings.Join(lines, "\n"))
+	}
+}
