@@ -71,8 +71,8 @@ build/runc: guest/tools/go.mod guest/tools/go.sum
 	cd guest/tools && CGO_ENABLED=1 $(GO) build -trimpath -tags "seccomp netgo osusergo" \
 		-ldflags "-s -w -extldflags -static" -o ../../build/runc github.com/opencontainers/runc
 
-# crun for the guest: Debian's, with the libraries it loads, rewritten to
-# load them from the tools disk.
+# crun for the guest: Debian's, built from its source package and linked
+# statically.
 build/crun/crun: scripts/build-crun.sh
 	scripts/build-crun.sh build/crun
 

@@ -9,8 +9,8 @@
 # same inputs give byte-identical images.
 #
 # Usage: build-guest.sh OUT_DIR AGENT_BINARY TASKD_BINARY [RUNC_BINARY [CRUN_DIR]]
-# CRUN_DIR is scripts/build-crun.sh's output: crun and lib/ go to the tools
-# disk's root beside runc.
+# CRUN_DIR is scripts/build-crun.sh's output: its static crun goes to the
+# tools disk's root beside runc.
 # Environment: GUEST_KERNEL_PACKAGE (default linux-image-cloud-amd64; a
 # metapackage is resolved to the kernel it depends on today),
 # GUEST_MODULES (the modules the guest needs; their dependencies are added).
@@ -138,7 +138,6 @@ cp "$taskd" "$tools/qemu-shim-taskd"
 if [ -n "$crun" ]; then
 	[ -x "$crun/crun" ] || die "no crun in $crun: run scripts/build-crun.sh"
 	cp "$crun/crun" "$tools/crun"
-	cp -r "$crun/lib" "$tools/lib"
 fi
 find "$tools" -exec touch -h -d @0 {} +
 mkfs.erofs --quiet -T0 -U 00000000-0000-0000-0000-00000000a9e7 --all-root "$out/tools.erofs.tmp" "$tools"
