@@ -56,7 +56,18 @@ func (g *fakeGuest) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*
 }
 
 func (g *fakeGuest) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	if r.ExecID != "" {
+		return &taskAPI.StartResponse{Pid: 8}, nil
+	}
 	return &taskAPI.StartResponse{Pid: 7}, nil
+}
+
+func (g *fakeGuest) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
+	return &emptypb.Empty{}, nil
+}
+
+func (g *fakeGuest) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
+	return &emptypb.Empty{}, nil
 }
 
 func (g *fakeGuest) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
@@ -322,6 +333,48 @@ func (r *rig) createWith(id string, annotations map[string]string) *taskAPI.Crea
 		r.t.Fatalf("create %s: %v", id, err)
 	}
 	return resp
+}
+
+// State is answered from the calls made through the shim, as the runc
+// shim answers it: fakeGuest has no State.
+func TestStateIsAnsweredWithoutTheGuest(t *testing.T) {
+	r := newRig(t)
+	r.create("c1")
+	state := func(execID string, want task.Status, wantPid uint32) {
+		t.Helper()
+		st, err := r.s.State(r.ctx, &taskAPI.StateRequest{ID: "c1", ExecID: execID})
+		if err != nil || st.Status != want || st.Pid != wantPid || st.Bundle != filepath.Join(r.dir, "c1") {
+			t.Errorf("state of %q: %v, %v; want %v, pid %d", execID, st, err, want, wantPid)
+		}
+	}
+	state("", task.Status_CREATED, 7)
+	if _, err := r.s.Start(r.ctx, &taskAPI.StartRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	state("", task.Status_RUNNING, 7)
+	if _, err := r.s.Pause(r.ctx, &taskAPI.PauseRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	state("", task.Status_PAUSED, 7)
+	if _, err := r.s.Resume(r.ctx, &taskAPI.ResumeRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	state("", task.Status_RUNNING, 7)
+	if _, err := r.s.Exec(r.ctx, &taskAPI.ExecProcessRequest{ID: "c1", ExecID: "e1"}); err != nil {
+		t.Fatal(err)
+	}
+	state("e1", task.Status_CREATED, 0)
+	if _, err := r.s.Start(r.ctx, &taskAPI.StartRequest{ID: "c1", ExecID: "e1"}); err != nil {
+		t.Fatal(err)
+	}
+	state("e1", task.Status_RUNNING, 8)
+	r.sb.send(runtime.TaskExitEventTopic, &eventstypes.TaskExit{ContainerID: "c1", ID: "e1", Pid: 8, ExitStatus: 2})
+	r.pub.waitFor(t, "the exec's exit", func(e publishedEvent) bool {
+		x, ok := e.event.(*eventstypes.TaskExit)
+		return ok && x.ID == "e1"
+	})
+	state("e1", task.Status_STOPPED, 8)
+	state("", task.Status_RUNNING, 7)
 }
 
 func TestLifecycleAsContainerdSeesIt(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/api/types/task"
 
 	"github.com/qemu-shim/qemu-shim/shim/config"
 	"github.com/qemu-shim/qemu-shim/shim/hooks"
@@ -34,8 +35,13 @@ type proc struct {
 
 	mu      sync.Mutex
 	started bool
-	exit    *eventstypes.TaskExit
-	exited  chan struct{}
+	// pid is an exec's pid in the guest once it has started (the init's
+	// is the container's pid).
+	pid uint32
+	// paused is set while the init's container is paused.
+	paused bool
+	exit   *eventstypes.TaskExit
+	exited chan struct{}
 }
 
 func newProc(io *stdio.IO, s stdio.Stdio) *proc {
@@ -61,10 +67,33 @@ func (p *proc) exitStatus() *eventstypes.TaskExit {
 	return p.exit
 }
 
-func (p *proc) setStarted() {
+// setStarted records that the process started, with its pid.
+func (p *proc) setStarted(pid uint32) {
 	p.mu.Lock()
-	p.started = true
+	p.started, p.pid = true, pid
 	p.mu.Unlock()
+}
+
+func (p *proc) setPaused(paused bool) {
+	p.mu.Lock()
+	p.paused = paused
+	p.mu.Unlock()
+}
+
+// status is the process's state as the calls made through this shim left
+// it: created, running or paused (a stopped one has its exit recorded),
+// and its pid as far as it is known.
+func (p *proc) status() (task.Status, uint32) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case !p.started:
+		return task.Status_CREATED, p.pid
+	case p.paused:
+		return task.Status_PAUSED, p.pid
+	default:
+		return task.Status_RUNNING, p.pid
+	}
 }
 
 func (p *proc) isStarted() bool {

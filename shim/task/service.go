@@ -203,7 +203,7 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if err != nil {
 		return nil, err
 	}
-	p.setStarted()
+	p.setStarted(resp.Pid)
 	if r.ExecID == "" {
 		c.hooks.Poststart(ctx)
 	}
@@ -322,22 +322,27 @@ func (s *Service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	var resp *taskAPI.StateResponse
-	// A process whose exit is known here is stopped for good (as the runc
-	// shim's stopped state says without asking runc): containerd asks this
-	// before each delete, so the guest is not asked again.
-	if sb := s.sandbox(); ended(sb) || p.exitStatus() != nil {
-		resp = &taskAPI.StateResponse{ID: r.ID, ExecID: r.ExecID, Status: task.Status_STOPPED}
+	// Answered here, as the runc shim answers from its own process states
+	// without asking runc: the calls made through this shim (create,
+	// exec, start, pause, resume) and the exits the guest reports say it
+	// all, and containerd (and the kubelet, through CRI) asks often; the
+	// guest, under TCG, would spend a round trip on each. A process whose
+	// exit is not known yet is still running, as with the runc shim
+	// before its reaper has seen the exit.
+	resp := &taskAPI.StateResponse{ID: r.ID, ExecID: r.ExecID}
+	if e := p.exitStatus(); e != nil || ended(s.sandbox()) {
+		resp.Status = task.Status_STOPPED
 		if r.ExecID == "" {
 			resp.Pid = c.pid
 		}
-		if e := p.exitStatus(); e != nil {
+		if e != nil {
 			resp.ExitStatus, resp.ExitedAt, resp.Pid = e.ExitStatus, e.ExitedAt, max(resp.Pid, e.Pid)
 		}
-	} else if resp, err = guestCall(ctx, s, sb, "state", s.timeouts.call, func(ctx context.Context, a taskAPI.TTRPCTaskService) (*taskAPI.StateResponse, error) {
-		return a.State(ctx, r)
-	}); err != nil {
-		return nil, toGRPC(err)
+	} else {
+		resp.Status, resp.Pid = p.status()
+		if r.ExecID == "" {
+			resp.Pid = c.pid
+		}
 	}
 	resp.Bundle = c.bundle
 	resp.Stdin, resp.Stdout, resp.Stderr, resp.Terminal = p.stdio.Stdin, p.stdio.Stdout, p.stdio.Stderr, p.stdio.Terminal
@@ -445,22 +450,32 @@ func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 
 // Pause freezes a container.
 func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
-	if _, _, err := s.lookup(r.ID, ""); err != nil {
+	_, p, err := s.lookup(r.ID, "")
+	if err != nil {
 		return nil, toGRPC(err)
 	}
-	return forward(ctx, s, "pause", func(ctx context.Context, a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) {
+	resp, err := forward(ctx, s, "pause", func(ctx context.Context, a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) {
 		return a.Pause(ctx, r)
 	})
+	if err == nil {
+		p.setPaused(true)
+	}
+	return resp, err
 }
 
 // Resume thaws it.
 func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
-	if _, _, err := s.lookup(r.ID, ""); err != nil {
+	_, p, err := s.lookup(r.ID, "")
+	if err != nil {
 		return nil, toGRPC(err)
 	}
-	return forward(ctx, s, "resume", func(ctx context.Context, a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) {
+	resp, err := forward(ctx, s, "resume", func(ctx context.Context, a taskAPI.TTRPCTaskService) (*emptypb.Empty, error) {
 		return a.Resume(ctx, r)
 	})
+	if err == nil {
+		p.setPaused(false)
+	}
+	return resp, err
 }
 
 // Checkpoint is not supported.
