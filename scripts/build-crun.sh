@@ -17,10 +17,11 @@
 # OUT_DIR gets crun and crun-version; OUT_DIR/work keeps the source, the
 # build and the private apt state.
 set -euo pipefail
+export LC_ALL=C # apt's output is read below
 
 out=${1:?usage: build-crun.sh OUT_DIR}
 die() { echo "build-crun: $*" >&2; exit 1; }
-for tool in apt-cache apt-get dpkg-source gcc make pkg-config readelf strip; do
+for tool in apt-cache apt-get dpkg-source gcc make pkg-config python3 readelf strip; do
 	command -v "$tool" >/dev/null || die "$tool is missing: run 'make deps'"
 done
 # Debian ships yajl's static library as libyajl_s.a.
@@ -56,12 +57,22 @@ opts=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$apt/parts"
 # A source without deb-src indexes (some third-party ones) fails here and
 # is left out; only crun's source has to be found.
 apt-get -qq "${opts[@]}" update || echo "build-crun: some source indexes could not be read (above); going on" >&2
+# The source of the crun package apt would install: a binary-only rebuild
+# (+bN) names its source's version in its Source field.
 version=$(apt-cache policy crun | sed -n 's/^ *Candidate: //p')
 [ -n "$version" ] && [ "$version" != "(none)" ] || die "apt has no crun package (run 'apt-get update'?)"
+source_version=$(apt-cache show "crun=$version" | sed -n 's/^Source: crun (\(.*\))$/\1/p' | head -n1)
+version=${source_version:-$version}
 dsc="$work/crun_${version#*:}.dsc"
-if [ ! -f "$dsc" ]; then
-	(cd "$work" && apt-get -qq "${opts[@]}" source --download-only "crun=$version" >/dev/null) ||
-		die "cannot download the source of crun $version"
+if [ ! -f "$dsc" ] && ! (cd "$work" && apt-get -qq "${opts[@]}" source --download-only "crun=$version" >/dev/null); then
+	# The machine's package lists may be older than the source indexes
+	# just read (a security update replaces its predecessor): the newest
+	# source there is.
+	echo "build-crun: no source of crun $version; taking the newest there is" >&2
+	rm -f "$work"/crun_*.dsc
+	(cd "$work" && apt-get -qq "${opts[@]}" source --download-only crun >/dev/null) || die "cannot download crun's source"
+	dsc=$(ls -t "$work"/crun_*.dsc | head -n1)
+	version=$(sed -n 's/^Version: //p' "$dsc" | head -n1)
 fi
 src="$work/src"
 rm -rf "$src"
@@ -79,6 +90,10 @@ ln -sf "$yajl" "$libs/libyajl.a"
 	make -j"$(nproc)" git-version.h crun LDFLAGS="-all-static -L$libs" >"$work/make.log" 2>&1 || die "make failed: see $work/make.log"
 )
 ! readelf -l "$src/crun" | grep -q "program interpreter" || die "$src/crun is not linked statically"
+features=$("$src/crun" --version | tail -n1)
+for f in +CAP +SECCOMP +EBPF +YAJL; do
+	[[ " $features " == *" $f "* ]] || die "$src/crun was built without ${f#+} ($features)"
+done
 rm -rf "$out/crun" "$out/lib"
 cp "$src/crun" "$out/crun"
 strip "$out/crun"

@@ -10,7 +10,7 @@ packages=(
 	kmod cpio lz4                # guest image: depmod, initramfs, vmlinux unpacking
 	busybox-static               # the busybox test and quickstart image
 	libseccomp-dev pkg-config gcc libc6-dev # static runc with seccomp for the guest
-	libcap-dev libyajl-dev make dpkg-dev binutils # static crun for the guest, from Debian's source
+	libcap-dev libyajl-dev make dpkg-dev binutils python3 # static crun for the guest, from Debian's source
 	iproute2 procps ca-certificates # ip (tap devices in tests), pgrep
 	containernetworking-plugins iptables # CNI bridge/host-local/portmap for the network tests
 )

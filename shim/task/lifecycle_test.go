@@ -343,7 +343,11 @@ func TestStateIsAnsweredWithoutTheGuest(t *testing.T) {
 	state := func(execID string, want task.Status, wantPid uint32) {
 		t.Helper()
 		st, err := r.s.State(r.ctx, &taskAPI.StateRequest{ID: "c1", ExecID: execID})
-		if err != nil || st.Status != want || st.Pid != wantPid || st.Bundle != filepath.Join(r.dir, "c1") {
+		id := execID
+		if id == "" {
+			id = "c1"
+		}
+		if err != nil || st.Status != want || st.Pid != wantPid || st.Bundle != filepath.Join(r.dir, "c1") || st.ID != id {
 			t.Errorf("state of %q: %v, %v; want %v, pid %d", execID, st, err, want, wantPid)
 		}
 	}
@@ -365,6 +369,14 @@ func TestStateIsAnsweredWithoutTheGuest(t *testing.T) {
 	}
 	state("e1", task.Status_CREATED, 0)
 	if _, err := r.s.Start(r.ctx, &taskAPI.StartRequest{ID: "c1", ExecID: "e1"}); err != nil {
+		t.Fatal(err)
+	}
+	state("e1", task.Status_RUNNING, 8)
+	if _, err := r.s.Pause(r.ctx, &taskAPI.PauseRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	state("e1", task.Status_PAUSED, 8)
+	if _, err := r.s.Resume(r.ctx, &taskAPI.ResumeRequest{ID: "c1"}); err != nil {
 		t.Fatal(err)
 	}
 	state("e1", task.Status_RUNNING, 8)

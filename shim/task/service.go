@@ -328,20 +328,26 @@ func (s *Service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	// all, and containerd (and the kubelet, through CRI) asks often; the
 	// guest, under TCG, would spend a round trip on each. A process whose
 	// exit is not known yet is still running, as with the runc shim
-	// before its reaper has seen the exit.
+	// before its reaper has seen the exit. An exec is named by its own
+	// id, as the runc shim names it.
 	resp := &taskAPI.StateResponse{ID: r.ID, ExecID: r.ExecID}
+	if r.ExecID != "" {
+		resp.ID = r.ExecID
+	}
+	status, pid := p.status()
+	if r.ExecID == "" {
+		pid = c.pid
+	} else if _, init, _ := s.lookup(r.ID, ""); init != nil && status == task.Status_RUNNING {
+		// An exec of a paused container is paused, as with the runc shim.
+		if st, _ := init.status(); st == task.Status_PAUSED {
+			status = task.Status_PAUSED
+		}
+	}
+	resp.Status, resp.Pid = status, pid
 	if e := p.exitStatus(); e != nil || ended(s.sandbox()) {
 		resp.Status = task.Status_STOPPED
-		if r.ExecID == "" {
-			resp.Pid = c.pid
-		}
 		if e != nil {
-			resp.ExitStatus, resp.ExitedAt, resp.Pid = e.ExitStatus, e.ExitedAt, max(resp.Pid, e.Pid)
-		}
-	} else {
-		resp.Status, resp.Pid = p.status()
-		if r.ExecID == "" {
-			resp.Pid = c.pid
+			resp.ExitStatus, resp.ExitedAt, resp.Pid = e.ExitStatus, e.ExitedAt, max(pid, e.Pid)
 		}
 	}
 	resp.Bundle = c.bundle
