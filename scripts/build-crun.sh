@@ -89,7 +89,8 @@ ln -sf "$yajl" "$libs/libyajl.a"
 		LDFLAGS="-static -L$libs" >"$work/configure.log" 2>&1 || die "configure failed: see $work/configure.log"
 	make -j"$(nproc)" git-version.h crun LDFLAGS="-all-static -L$libs" >"$work/make.log" 2>&1 || die "make failed: see $work/make.log"
 )
-! readelf -l "$src/crun" | grep -q "program interpreter" || die "$src/crun is not linked statically"
+headers=$(readelf -l "$src/crun")
+[[ $headers != *"program interpreter"* ]] || die "$src/crun is not linked statically"
 features=$("$src/crun" --version | tail -n1)
 for f in +CAP +SECCOMP +EBPF +YAJL; do
 	[[ " $features " == *" $f "* ]] || die "$src/crun was built without ${f#+} ($features)"

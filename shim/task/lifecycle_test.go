@@ -351,34 +351,26 @@ func TestStateIsAnsweredWithoutTheGuest(t *testing.T) {
 			t.Errorf("state of %q: %v, %v; want %v, pid %d", execID, st, err, want, wantPid)
 		}
 	}
+	must := func(_ any, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	state("", task.Status_CREATED, 7)
-	if _, err := r.s.Start(r.ctx, &taskAPI.StartRequest{ID: "c1"}); err != nil {
-		t.Fatal(err)
-	}
+	must(r.s.Start(r.ctx, &taskAPI.StartRequest{ID: "c1"}))
 	state("", task.Status_RUNNING, 7)
-	if _, err := r.s.Pause(r.ctx, &taskAPI.PauseRequest{ID: "c1"}); err != nil {
-		t.Fatal(err)
-	}
+	must(r.s.Pause(r.ctx, &taskAPI.PauseRequest{ID: "c1"}))
 	state("", task.Status_PAUSED, 7)
-	if _, err := r.s.Resume(r.ctx, &taskAPI.ResumeRequest{ID: "c1"}); err != nil {
-		t.Fatal(err)
-	}
+	must(r.s.Resume(r.ctx, &taskAPI.ResumeRequest{ID: "c1"}))
 	state("", task.Status_RUNNING, 7)
-	if _, err := r.s.Exec(r.ctx, &taskAPI.ExecProcessRequest{ID: "c1", ExecID: "e1"}); err != nil {
-		t.Fatal(err)
-	}
+	must(r.s.Exec(r.ctx, &taskAPI.ExecProcessRequest{ID: "c1", ExecID: "e1"}))
 	state("e1", task.Status_CREATED, 0)
-	if _, err := r.s.Start(r.ctx, &taskAPI.StartRequest{ID: "c1", ExecID: "e1"}); err != nil {
-		t.Fatal(err)
-	}
+	must(r.s.Start(r.ctx, &taskAPI.StartRequest{ID: "c1", ExecID: "e1"}))
 	state("e1", task.Status_RUNNING, 8)
-	if _, err := r.s.Pause(r.ctx, &taskAPI.PauseRequest{ID: "c1"}); err != nil {
-		t.Fatal(err)
-	}
+	must(r.s.Pause(r.ctx, &taskAPI.PauseRequest{ID: "c1"}))
 	state("e1", task.Status_PAUSED, 8)
-	if _, err := r.s.Resume(r.ctx, &taskAPI.ResumeRequest{ID: "c1"}); err != nil {
-		t.Fatal(err)
-	}
+	must(r.s.Resume(r.ctx, &taskAPI.ResumeRequest{ID: "c1"}))
 	state("e1", task.Status_RUNNING, 8)
 	r.sb.send(runtime.TaskExitEventTopic, &eventstypes.TaskExit{ContainerID: "c1", ID: "e1", Pid: 8, ExitStatus: 2})
 	r.pub.waitFor(t, "the exec's exit", func(e publishedEvent) bool {

@@ -2,6 +2,7 @@ package task
 
 import (
 	"sync"
+	"sync/atomic"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	"github.com/containerd/containerd/api/types"
@@ -26,6 +27,9 @@ type container struct {
 	hooks *hooks.Container
 	size  config.Size
 	procs map[string]*proc
+	// paused is set while the container is paused (Pause answered, Resume
+	// not yet): its processes are then paused.
+	paused atomic.Bool
 }
 
 // proc is the host's view of a process.
@@ -37,9 +41,7 @@ type proc struct {
 	started bool
 	// pid is an exec's pid in the guest once it has started (the init's
 	// is the container's pid).
-	pid uint32
-	// paused is set while the init's container is paused.
-	paused bool
+	pid    uint32
 	exit   *eventstypes.TaskExit
 	exited chan struct{}
 }
@@ -74,26 +76,16 @@ func (p *proc) setStarted(pid uint32) {
 	p.mu.Unlock()
 }
 
-func (p *proc) setPaused(paused bool) {
-	p.mu.Lock()
-	p.paused = paused
-	p.mu.Unlock()
-}
-
 // status is the process's state as the calls made through this shim left
-// it: created, running or paused (a stopped one has its exit recorded),
-// and its pid as far as it is known.
+// it, created or running (a stopped one has its exit recorded, a paused
+// one's container is), and its pid as far as it is known.
 func (p *proc) status() (task.Status, uint32) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	switch {
-	case !p.started:
+	if !p.started {
 		return task.Status_CREATED, p.pid
-	case p.paused:
-		return task.Status_PAUSED, p.pid
-	default:
-		return task.Status_RUNNING, p.pid
 	}
+	return task.Status_RUNNING, p.pid
 }
 
 func (p *proc) isStarted() bool {

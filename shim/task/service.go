@@ -337,11 +337,10 @@ func (s *Service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	status, pid := p.status()
 	if r.ExecID == "" {
 		pid = c.pid
-	} else if _, init, _ := s.lookup(r.ID, ""); init != nil && status == task.Status_RUNNING {
-		// An exec of a paused container is paused, as with the runc shim.
-		if st, _ := init.status(); st == task.Status_PAUSED {
-			status = task.Status_PAUSED
-		}
+	}
+	if status == task.Status_RUNNING && c.paused.Load() {
+		// Every process of a paused container, as with the runc shim.
+		status = task.Status_PAUSED
 	}
 	resp.Status, resp.Pid = status, pid
 	if e := p.exitStatus(); e != nil || ended(s.sandbox()) {
@@ -456,7 +455,7 @@ func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 
 // Pause freezes a container.
 func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
-	_, p, err := s.lookup(r.ID, "")
+	c, _, err := s.lookup(r.ID, "")
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -464,14 +463,14 @@ func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.
 		return a.Pause(ctx, r)
 	})
 	if err == nil {
-		p.setPaused(true)
+		c.paused.Store(true)
 	}
 	return resp, err
 }
 
 // Resume thaws it.
 func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
-	_, p, err := s.lookup(r.ID, "")
+	c, _, err := s.lookup(r.ID, "")
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -479,7 +478,7 @@ func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptyp
 		return a.Resume(ctx, r)
 	})
 	if err == nil {
-		p.setPaused(false)
+		c.paused.Store(false)
 	}
 	return resp, err
 }
