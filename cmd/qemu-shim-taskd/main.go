@@ -21,6 +21,7 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
@@ -29,6 +30,7 @@ import (
 	volumeapi "github.com/qemu-shim/qemu-shim/api/volume/v1"
 	"github.com/qemu-shim/qemu-shim/api/wire"
 	"github.com/qemu-shim/qemu-shim/guest/boot"
+	"github.com/qemu-shim/qemu-shim/guest/codecs"
 	"github.com/qemu-shim/qemu-shim/guest/network"
 	"github.com/qemu-shim/qemu-shim/guest/stuck"
 	"github.com/qemu-shim/qemu-shim/guest/task"
@@ -82,6 +84,10 @@ func stuckAfter(ctx context.Context) time.Duration {
 func serviceStack(stack string) bool {
 	return strings.Contains(stack, "qemu-shim/guest/") || strings.Contains(stack, "go-runc")
 }
+
+// protobufPackages are the packages of the messages taskd decodes and
+// encodes (see codecs).
+var protobufPackages = []string{"containerd.", "ttrpc.", "google.protobuf.", "qemushim."}
 
 func fileExists(path string) bool {
 	_, err := os.Stat(path)
@@ -137,9 +143,16 @@ func run(ctx context.Context, socket, root string, runtimes map[string]string, d
 	}
 	events := task.NewEventLog(task.DefaultEventRetention)
 	netSvc := &network.Service{Path: network.NamespacePath}
-	// Made now rather than by the first container that needs it: at boot
-	// beside the host's work, and in a template before it is saved.
+	// Made now rather than by the first call or container that needs
+	// them: at boot beside the host's work, and in a template before it is
+	// saved (the agent's Prepare waits for the namespace, which comes
+	// after the codecs).
 	go func() {
+		n := codecs.Protobuf(protobufPackages...)
+		if err := codecs.JSON(&specs.Spec{}); err != nil {
+			log.G(ctx).WithError(err).Warn("make the spec's codecs")
+		}
+		log.G(ctx).WithField("messages", n).Debug("codecs made")
 		if _, err := netSvc.Namespace(); err != nil {
 			log.G(ctx).WithError(err).Warn("make the containers' network namespace")
 		}

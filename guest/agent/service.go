@@ -58,7 +58,8 @@ type Service struct {
 	// Step records a boot step.
 	Step func(name string)
 	// TaskdStarted, when set, is closed once the task service has been
-	// started; Prepare waits for it.
+	// started (and the agent has made its codecs, see package codecs);
+	// Prepare waits for it.
 	TaskdStarted <-chan struct{}
 	// WarmFiles are read by Prepare so that a template's page cache holds
 	// them.
@@ -71,6 +72,10 @@ type Service struct {
 	// ModulesDir holds the kernel modules' files, which Prepare removes
 	// once every module is loaded.
 	ModulesDir string
+	// Preconnect, when set, is called by Prepare once the task service
+	// listens: it connects to it ahead of the host (see
+	// relay.Relay.Preconnect).
+	Preconnect func() error
 	// WarmUp, when set, is called by Restored when the host asks for a
 	// warm-up (see RestoredRequest.warm_up); it must not block.
 	WarmUp func()

@@ -31,8 +31,9 @@ const (
 )
 
 // Prepare readies the guest to be saved as a template: it waits until the
-// modules are loaded and the task service has started, lets go of what no
-// VM restored from it needs, and reads WarmFiles into the page cache.
+// modules are loaded and the task service has started, connects to the
+// task service ahead of the host (Preconnect), lets go of what no VM
+// restored from it needs, and reads WarmFiles into the page cache.
 func (s *Service) Prepare(ctx context.Context, _ *api.PrepareRequest) (*emptypb.Empty, error) {
 	if err := s.waitModules(ctx); err != nil {
 		return nil, err
@@ -45,6 +46,11 @@ func (s *Service) Prepare(ctx context.Context, _ *api.PrepareRequest) (*emptypb.
 		}
 	}
 	s.waitNamespaces(ctx)
+	if s.Preconnect != nil {
+		if err := s.Preconnect(); err != nil {
+			log.G(ctx).WithError(err).Warn("connect to the task service ahead of the host")
+		}
+	}
 	unix.Sync()
 	// Every byte the guest holds is saved with the template and copied
 	// into every VM restored from it, while the pages the host discarded

@@ -5,6 +5,7 @@
 package relay
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"sync"
@@ -32,6 +33,11 @@ type Relay struct {
 	once  sync.Once
 	mu    sync.Mutex
 	pid   int
+	// spare is a connection to taskd made ahead of need by Preconnect,
+	// its header (of kind spareKind) sent; the next connection of that
+	// kind is passed on it.
+	spare     net.Conn
+	spareKind byte
 }
 
 // New returns a relay to a taskd that will listen on socket.
@@ -79,10 +85,75 @@ func (t *Relay) wait() time.Duration {
 	return DefaultWait
 }
 
+// Preconnect makes a connection of kind to taskd ahead of need, once taskd
+// listens (waiting at most wait): the next connection of that kind
+// Forward passes is passed on it. A guest about to be saved as a template
+// makes one for the host's task connection, so that a VM restored from it
+// has taskd's side of that connection (its accept and its TTRPC server's
+// set-up) done already: under an emulator, that code would otherwise run
+// untranslated on the first call's path.
+func (t *Relay) Preconnect(kind byte, wait time.Duration) error {
+	select {
+	case <-t.ready:
+	case <-time.After(wait):
+		return fmt.Errorf("preconnect: the task service did not start in %v", wait)
+	}
+	d, err := t.dial(time.Now().Add(wait))
+	if err != nil {
+		return fmt.Errorf("preconnect: %w", err)
+	}
+	if err := conn.WriteHeader(d, kind, ""); err != nil {
+		d.Close()
+		return fmt.Errorf("preconnect: %w", err)
+	}
+	t.mu.Lock()
+	old := t.spare
+	t.spare, t.spareKind = d, kind
+	t.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+// takeSpare returns the connection Preconnect made for kind, if any, and
+// forgets it.
+func (t *Relay) takeSpare(kind byte) net.Conn {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	d := t.spare
+	if d == nil || t.spareKind != kind {
+		return nil
+	}
+	t.spare = nil
+	return d
+}
+
+// dial connects to taskd's socket, trying again until deadline while
+// taskd is not listening yet.
+func (t *Relay) dial(deadline time.Time) (net.Conn, error) {
+	for {
+		d, err := net.Dial("unix", t.Socket)
+		if err == nil {
+			return d, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // Forward hands c to taskd, prefixed with its connection header, once
 // taskd listens; it returns at once. c is closed if taskd does not start
 // or listen in time.
 func (t *Relay) Forward(kind byte, name string, c net.Conn) {
+	if kind != conn.KindStream {
+		if d := t.takeSpare(kind); d != nil {
+			go conn.Splice(c, d)
+			return
+		}
+	}
 	go func() {
 		wait := t.wait()
 		deadline := time.Now().Add(wait)
@@ -93,20 +164,11 @@ func (t *Relay) Forward(kind byte, name string, c net.Conn) {
 			c.Close()
 			return
 		}
-		var (
-			d   net.Conn
-			err error
-		)
-		for {
-			if d, err = net.Dial("unix", t.Socket); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				log.L.WithError(err).Error("task service not listening: dropping a connection")
-				c.Close()
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
+		d, err := t.dial(deadline)
+		if err != nil {
+			log.L.WithError(err).Error("task service not listening: dropping a connection")
+			c.Close()
+			return
 		}
 		if err := conn.WriteHeader(d, kind, name); err != nil {
 			c.Close()

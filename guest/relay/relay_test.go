@@ -77,19 +77,8 @@ func TestForwardRelaysHeaderAndBytes(t *testing.T) {
 	if err != nil || kind != conn.KindTask || name != "" {
 		t.Fatalf("header: kind %d name %q err %v", kind, name, err)
 	}
-	if _, err := host.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
+	pingPong(t, host, d)
 	buf := make([]byte, 4)
-	if _, err := io.ReadFull(d, buf); err != nil || string(buf) != "ping" {
-		t.Fatalf("taskd read %q, %v", buf, err)
-	}
-	if _, err := d.Write([]byte("pong")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(host, buf); err != nil || string(buf) != "pong" {
-		t.Fatalf("host read %q, %v", buf, err)
-	}
 	// taskd ending its side ends the host's.
 	d.Close()
 	if n, err := host.Read(buf); err != io.EOF {
@@ -206,5 +195,83 @@ func TestOpenPipeWantsAUnixConnection(t *testing.T) {
 	a, _ := net.Pipe()
 	if _, err := OpenPipe(a, PipeRead, false); err == nil {
 		t.Fatal("OpenPipe over a net.Pipe succeeded")
+	}
+}
+
+// pingPong sends bytes from the host to taskd and back.
+func pingPong(t *testing.T, host, taskd net.Conn) {
+	t.Helper()
+	if _, err := host.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(taskd, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("taskd read %q, %v", buf, err)
+	}
+	if _, err := taskd.Write([]byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(host, buf); err != nil || string(buf) != "pong" {
+		t.Fatalf("host read %q, %v", buf, err)
+	}
+}
+
+// accept takes taskd's next connection and reads its header.
+func accept(t *testing.T, l net.Listener) (c net.Conn, kind byte, name string) {
+	t.Helper()
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if kind, name, err = conn.ReadHeader(c); err != nil {
+		t.Fatal(err)
+	}
+	return c, kind, name
+}
+
+func TestPreconnectCarriesTheNextConnectionOfItsKind(t *testing.T) {
+	r := New(filepath.Join(t.TempDir(), "taskd.sock"))
+	l, err := net.Listen("unix", r.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	startTrue(t, r)
+	if err := r.Preconnect(conn.KindTask, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// taskd accepted the connection made ahead, with its header.
+	early, kind, name := accept(t, l)
+	if kind != conn.KindTask || name != "" {
+		t.Fatalf("header: kind %d name %q", kind, name)
+	}
+
+	// A stream is not of its kind: it gets a connection of its own.
+	_, streamEnd := pair(t)
+	r.Forward(conn.KindStream, "p-o", streamEnd)
+	if _, kind, name := accept(t, l); kind != conn.KindStream || name != "p-o" {
+		t.Fatalf("stream header: kind %d name %q", kind, name)
+	}
+
+	// The host's task connection is passed on the early one, both ways.
+	host, agentEnd := pair(t)
+	host.SetDeadline(time.Now().Add(10 * time.Second))
+	r.Forward(conn.KindTask, "", agentEnd)
+	pingPong(t, host, early)
+
+	// It is used once: the next task connection is dialled.
+	_, nextEnd := pair(t)
+	r.Forward(conn.KindTask, "", nextEnd)
+	if _, kind, _ := accept(t, l); kind != conn.KindTask {
+		t.Fatalf("next header: kind %d", kind)
+	}
+}
+
+func TestPreconnectGivesUpWhenTaskdNeverStarts(t *testing.T) {
+	r := New(filepath.Join(t.TempDir(), "taskd.sock"))
+	if err := r.Preconnect(conn.KindTask, 20*time.Millisecond); err == nil {
+		t.Fatal("Preconnect returned no error though taskd never started")
 	}
 }
