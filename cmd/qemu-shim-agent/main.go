@@ -24,7 +24,6 @@ import (
 	agentapi "github.com/qemu-shim/qemu-shim/api/agent/v1"
 	"github.com/qemu-shim/qemu-shim/guest/agent"
 	"github.com/qemu-shim/qemu-shim/guest/boot"
-	"github.com/qemu-shim/qemu-shim/guest/codecs"
 	"github.com/qemu-shim/qemu-shim/guest/hotplug"
 	"github.com/qemu-shim/qemu-shim/guest/kmod"
 	"github.com/qemu-shim/qemu-shim/guest/reap"
@@ -160,13 +159,13 @@ func run(ctx context.Context) error {
 			return append([]string(nil), modList...)
 		},
 		Timeline: timeline.Steps,
+		// The host's task connection of a VM restored from the template
+		// finds taskd's side of it made.
+		Preconnect: func() error { return taskd.Preconnect(conn.KindTask, 10*time.Second) },
 		// taskd warms the container path up (task.Service.Warm). Its
 		// SIGUSR1 handler is there: only a restored guest is asked, and
 		// taskd listened before its template was saved (Prepare waits for
 		// the namespace taskd makes after that).
-		// The host's task connection of a VM restored from the template
-		// finds taskd's side of it made.
-		Preconnect: func() error { return taskd.Preconnect(conn.KindTask, 10*time.Second) },
 		WarmUp: func() {
 			if err := taskd.Signal(unix.SIGUSR1); err != nil {
 				log.G(ctx).WithError(err).Warn("ask the task service to warm up")
@@ -211,12 +210,8 @@ func run(ctx context.Context) error {
 			log.G(ctx).WithError(err).Error("start the task service")
 			return
 		}
-		step("taskd-started")
-		// While taskd starts, and before a template is saved (Prepare
-		// waits for taskdStarted).
-		n := codecs.Protobuf("qemushim.", "ttrpc.", "google.protobuf.")
-		log.G(ctx).WithField("messages", n).Debug("codecs made")
 		close(taskdStarted)
+		step("taskd-started")
 	}()
 	log.G(ctx).WithField("transport", kind).Debug("agent serving")
 	return server.Serve(ctx, demux.Listener())

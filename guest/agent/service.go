@@ -58,8 +58,7 @@ type Service struct {
 	// Step records a boot step.
 	Step func(name string)
 	// TaskdStarted, when set, is closed once the task service has been
-	// started (and the agent has made its codecs, see package codecs);
-	// Prepare waits for it.
+	// started; Prepare waits for it.
 	TaskdStarted <-chan struct{}
 	// WarmFiles are read by Prepare so that a template's page cache holds
 	// them.

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	api "github.com/qemu-shim/qemu-shim/api/agent/v1"
+	"github.com/qemu-shim/qemu-shim/guest/codecs"
 )
 
 // Bounds of the host's seed for a restored guest.
@@ -31,7 +32,8 @@ const (
 )
 
 // Prepare readies the guest to be saved as a template: it waits until the
-// modules are loaded and the task service has started, connects to the
+// modules are loaded and the task service has started, makes the codecs
+// of the messages the agent serves (see package codecs), connects to the
 // task service ahead of the host (Preconnect), lets go of what no VM
 // restored from it needs, and reads WarmFiles into the page cache.
 func (s *Service) Prepare(ctx context.Context, _ *api.PrepareRequest) (*emptypb.Empty, error) {
@@ -46,6 +48,8 @@ func (s *Service) Prepare(ctx context.Context, _ *api.PrepareRequest) (*emptypb.
 		}
 	}
 	s.waitNamespaces(ctx)
+	n := codecs.Protobuf(servedPackages...)
+	log.G(ctx).WithField("messages", n).Debug("codecs made")
 	if s.Preconnect != nil {
 		if err := s.Preconnect(); err != nil {
 			log.G(ctx).WithError(err).Warn("connect to the task service ahead of the host")
@@ -80,6 +84,10 @@ func (s *Service) Prepare(ctx context.Context, _ *api.PrepareRequest) (*emptypb.
 	log.G(ctx).Info("ready to be saved as a template")
 	return &emptypb.Empty{}, nil
 }
+
+// servedPackages are the protobuf packages of the messages the agent
+// decodes and encodes: its own API's and TTRPC's.
+var servedPackages = []string{"qemushim.", "ttrpc.", "google.protobuf."}
 
 // namespaceWait bounds Prepare's wait for Namespaces: one still missing
 // then is made by each restored VM when first needed, as in a booted one.

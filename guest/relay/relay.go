@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"golang.org/x/sys/unix"
 
@@ -85,20 +86,25 @@ func (t *Relay) wait() time.Duration {
 	return DefaultWait
 }
 
-// Preconnect makes a connection of kind to taskd ahead of need, once taskd
-// listens (waiting at most wait): the next connection of that kind
-// Forward passes is passed on it. A guest about to be saved as a template
-// makes one for the host's task connection, so that a VM restored from it
-// has taskd's side of that connection (its accept and its TTRPC server's
-// set-up) done already: under an emulator, that code would otherwise run
-// untranslated on the first call's path.
+// Preconnect makes a TTRPC connection of kind (not a stream) to taskd
+// ahead of need, once taskd has started and listens (waiting at most wait
+// in all): the next connection of that kind Forward gets is passed on it.
+// A guest about to be saved as a template makes one for the host's task
+// connection, so that a VM restored from it has taskd's side of that
+// connection (its accept and its TTRPC server's set-up) done already:
+// under an emulator, that code would otherwise run untranslated on the
+// first call's path.
 func (t *Relay) Preconnect(kind byte, wait time.Duration) error {
+	if kind == conn.KindStream {
+		return fmt.Errorf("preconnect: streams are named, each its own connection: %w", errdefs.ErrInvalidArgument)
+	}
+	deadline := time.Now().Add(wait)
 	select {
 	case <-t.ready:
 	case <-time.After(wait):
 		return fmt.Errorf("preconnect: the task service did not start in %v", wait)
 	}
-	d, err := t.dial(time.Now().Add(wait))
+	d, err := t.dial(deadline)
 	if err != nil {
 		return fmt.Errorf("preconnect: %w", err)
 	}
@@ -144,9 +150,10 @@ func (t *Relay) dial(deadline time.Time) (net.Conn, error) {
 	}
 }
 
-// Forward hands c to taskd, prefixed with its connection header, once
-// taskd listens; it returns at once. c is closed if taskd does not start
-// or listen in time.
+// Forward hands c to taskd and returns at once: on the connection
+// Preconnect made for its kind if there is one, else on a new one,
+// prefixed with c's connection header, once taskd listens. c is closed if
+// taskd does not start or listen in time.
 func (t *Relay) Forward(kind byte, name string, c net.Conn) {
 	if kind != conn.KindStream {
 		if d := t.takeSpare(kind); d != nil {

@@ -275,3 +275,10 @@ func TestPreconnectGivesUpWhenTaskdNeverStarts(t *testing.T) {
 		t.Fatal("Preconnect returned no error though taskd never started")
 	}
 }
+
+func TestPreconnectRefusesStreams(t *testing.T) {
+	r := New(filepath.Join(t.TempDir(), "taskd.sock"))
+	if err := r.Preconnect(conn.KindStream, time.Second); err == nil {
+		t.Fatal("Preconnect took a stream, which is named by its header")
+	}
+}

@@ -52,13 +52,15 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, fmt.Errorf("container %s: %w", r.ID, errdefs.ErrAlreadyExists)
 	}
 	c := &container{id: r.ID, bundle: filepath.Join(s.cfg.Root, r.ID), runtime: runtime, execs: map[string]*process{}}
-	s.containers[r.ID] = c // reserve the id
+	s.containers[r.ID] = c // reserve the id (see Service.container)
 	s.mu.Unlock()
 	defer func() {
 		if retErr != nil {
 			c.remove(ctx)
 			s.mu.Lock()
-			delete(s.containers, r.ID)
+			if s.containers[r.ID] == c {
+				delete(s.containers, r.ID)
+			}
 			s.mu.Unlock()
 		}
 	}()
@@ -99,7 +101,6 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	tl.Step("stdio")
 	p := newProcess(c, "", names)
 	p.io = pio
-	c.init = p
 	pidFile := filepath.Join(c.bundle, "init.pid")
 	handleStarted, cleanup := s.preStart()
 	began = time.Now()
@@ -130,6 +131,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	p.mu.Lock()
 	p.pid = pid
 	p.mu.Unlock()
+	s.mu.Lock()
+	c.init = p // other calls find the container from now on
+	s.mu.Unlock()
 	s.publish(topicCreate, &eventstypes.TaskCreate{
 		ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Pid: uint32(pid), Checkpoint: r.Checkpoint,
 		IO: &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},

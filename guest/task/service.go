@@ -105,7 +105,7 @@ func (s *Service) container(id string) (*container, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, ok := s.containers[id]
-	if !ok {
+	if !ok || c.init == nil { // (reserved by a create that has not got that far)
 		return nil, fmt.Errorf("container %s: %w", id, errdefs.ErrNotFound)
 	}
 	return c, nil
@@ -130,7 +130,9 @@ func (s *Service) process(id, execID string) (*container, *process, error) {
 func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
 	resp := &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: "3"}
 	if c, err := s.container(r.ID); err == nil {
+		c.init.mu.Lock()
 		resp.TaskPid = uint32(c.init.pid)
+		c.init.mu.Unlock()
 	}
 	return resp, nil
 }
