@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"os/exec"
@@ -43,6 +44,8 @@ func ctrRun(runs int) (res ctrResult, err error) {
 	defer dc.Close()
 	run := func(d *ctrd.Daemon, runtime, id string) (float64, float64, error) {
 		cmd := d.Ctr(ctx, "run", "--rm", "--runtime", runtime, busybox.DefaultRef, id, "echo", "bench-"+id)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			return 0, 0, err
@@ -59,7 +62,7 @@ func ctrRun(runs int) (res ctrResult, err error) {
 			}
 		}
 		if err := cmd.Wait(); err != nil {
-			return 0, 0, fmt.Errorf("ctr run (%s): %w", runtime, err)
+			return 0, 0, fmt.Errorf("ctr run (%s): %w: %s\ncontainerd's log ends:\n%s", runtime, err, bytes.TrimSpace(stderr.Bytes()), d.LogTail(30))
 		}
 		if took == 0 {
 			return 0, 0, fmt.Errorf("ctr run (%s) printed nothing", runtime)
