@@ -36,6 +36,20 @@ func startTrue(t *testing.T, r *Relay) {
 	}
 }
 
+// listeningTaskd returns a relay whose (stand-in) taskd has started, and
+// the listener on its socket, where the relay's connections arrive.
+func listeningTaskd(t *testing.T) (*Relay, net.Listener) {
+	t.Helper()
+	r := New(filepath.Join(t.TempDir(), "taskd.sock"))
+	l, err := net.Listen("unix", r.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	startTrue(t, r)
+	return r, l
+}
+
 // pair returns both ends of a real Unix socket connection.
 func pair(t *testing.T) (net.Conn, net.Conn) {
 	t.Helper()
@@ -58,13 +72,7 @@ func pair(t *testing.T) (net.Conn, net.Conn) {
 }
 
 func TestForwardRelaysHeaderAndBytes(t *testing.T) {
-	r := New(filepath.Join(t.TempDir(), "taskd.sock"))
-	l, err := net.Listen("unix", r.Socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	startTrue(t, r)
+	r, l := listeningTaskd(t)
 
 	host, agentEnd := pair(t)
 	r.Forward(conn.KindTask, "", agentEnd)
@@ -113,13 +121,7 @@ func TestForwardDropsConnection(t *testing.T) {
 // streamToTaskd forwards a stream and returns taskd's end, its header read.
 func streamToTaskd(t *testing.T) (host, ctl net.Conn) {
 	t.Helper()
-	r := New(filepath.Join(t.TempDir(), "taskd.sock"))
-	l, err := net.Listen("unix", r.Socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	startTrue(t, r)
+	r, l := listeningTaskd(t)
 	host, agentEnd := pair(t)
 	host.SetDeadline(time.Now().Add(10 * time.Second))
 	r.Forward(conn.KindStream, "p-o", agentEnd)
@@ -232,13 +234,7 @@ func accept(t *testing.T, l net.Listener) (c net.Conn, kind byte, name string) {
 }
 
 func TestPreconnectCarriesTheNextConnectionOfItsKind(t *testing.T) {
-	r := New(filepath.Join(t.TempDir(), "taskd.sock"))
-	l, err := net.Listen("unix", r.Socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	startTrue(t, r)
+	r, l := listeningTaskd(t)
 	if err := r.Preconnect(conn.KindTask, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
